@@ -1,0 +1,82 @@
+//! `vpnhop checkpoint`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use vpnhop::config;
+use vpnhop::criu::Criu;
+use vpnhop::shim::{self, CheckpointStats, Request, Response};
+use vpnhop::state::Status;
+
+use crate::ps::Format;
+use crate::{absolute, Globals};
+
+/// Arguments of `checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the images [default: /var/lib/vpnhop/checkpoints/NAME].
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// Keep the container running after the dump.
+    #[arg(long)]
+    leave_running: bool,
+    /// Print freeze time, dump time and image size.
+    #[arg(long)]
+    print_stats: bool,
+    /// Format of the statistics.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// The container.
+    name: String,
+}
+
+/// Dumps the container through its shim; prints the image directory.
+pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
+    let name = &args.name;
+    let _lock = g.store.lock(name)?;
+    let state = g.store.load(name)?;
+    if state.observed_status() != Status::Running || !state.shim_alive() {
+        bail!("container `{name}` is not running");
+    }
+
+    // Fail before anything happens if CRIU is unusable.
+    Criu::locate(&g.criu)?;
+    let image_dir = match &args.image_dir {
+        Some(dir) => absolute(dir),
+        None => PathBuf::from(config::DEFAULT_IMAGE_ROOT).join(name),
+    };
+
+    let request = Request::Checkpoint {
+        criu: g.criu.clone(),
+        image_dir: image_dir.clone(),
+        leave_running: args.leave_running,
+    };
+    let stats = match shim::call(name, &g.store.socket(name), &request)? {
+        Response::Checkpointed { stats, .. } => stats,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the shim of container `{name}`: {other:?}"),
+    };
+    if !args.leave_running {
+        crate::logs::wait_shim_gone(g, name);
+    }
+
+    tracing::info!(container = %name, image_dir = %image_dir.display(), "checkpointed");
+    println!("{}", image_dir.display());
+    if args.print_stats {
+        print_stats(&stats, args.format)?;
+    }
+    Ok(())
+}
+
+fn print_stats(stats: &CheckpointStats, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(stats)?),
+        Format::Table => {
+            println!("frozen_ms    {:>10.1}", stats.frozen_ms);
+            println!("dump_ms      {:>10.1}", stats.dump_ms);
+            println!("total_ms     {:>10.1}", stats.total_ms);
+            println!("image_bytes  {:>10}", stats.image_bytes);
+        }
+    }
+    Ok(())
+}

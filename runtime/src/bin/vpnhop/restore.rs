@@ -1,0 +1,159 @@
+//! `vpnhop restore`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use vpnhop::container;
+use vpnhop::criu::Criu;
+use vpnhop::image::ImageDir;
+use vpnhop::name;
+use vpnhop::shim::{Ready, RestoreStats};
+use vpnhop::state::{ContainerState, Status};
+
+use crate::ps::Format;
+use crate::{absolute, spawn, Globals};
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Name of the restored container [default: the name at checkpoint time].
+    #[arg(long)]
+    name: Option<String>,
+    /// Print host rebuild time, CRIU restore time and image size.
+    #[arg(long)]
+    print_stats: bool,
+    /// Format of the statistics.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// The image directory written by `checkpoint`.
+    image_dir: PathBuf,
+}
+
+/// Restores the container under a new shim; prints its name.
+pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
+    let criu = Criu::locate(&g.criu)?;
+    let dir = absolute(&args.image_dir);
+    let image = ImageDir::new(&dir);
+    let meta = image.verify()?;
+
+    // The same container must never run twice: not beside the process it was dumped from, and
+    // not beside an earlier restore of the same image.
+    if meta.source.is_alive() {
+        bail!(
+            "the container dumped into `{}` still runs (pid {}); a second copy is refused",
+            dir.display(),
+            meta.source.pid
+        );
+    }
+    if let Some(marker) = image.restored_marker().filter(|m| m.process.is_alive()) {
+        bail!(
+            "image `{}` is already restored as container `{}` (pid {}); a second restore is \
+             refused",
+            dir.display(),
+            marker.name,
+            marker.process.pid
+        );
+    }
+
+    let name = args.name.unwrap_or_else(|| meta.name.clone());
+    name::validate(&name)?;
+
+    {
+        let _lock = g.store.lock_root()?;
+        take_over_checkpointed(g, &name, &dir)?;
+        let others = g.store.list()?;
+        if let Some(other) = others.iter().find(|s| s.id == meta.id) {
+            bail!(
+                "container `{}` has the id of image `{}` already",
+                other.name,
+                dir.display()
+            );
+        }
+        let state = ContainerState {
+            name: name.clone(),
+            id: meta.id.clone(),
+            status: Status::Creating,
+            bundle: meta.bundle.clone(),
+            created: meta.created,
+            started: None,
+            finished: None,
+            pid: None,
+            pid_start: None,
+            shim_pid: None,
+            shim_start: None,
+            exit_code: None,
+            network: meta.wiring.clone(),
+            restored_from: None,
+            checkpoint: Some(dir.clone()),
+        };
+        g.store.create(&state)?;
+    }
+
+    let mode = [
+        "restore".as_ref(),
+        "--image-dir".as_ref(),
+        dir.as_os_str(),
+        "--criu".as_ref(),
+        criu_path(&criu, g),
+    ];
+    let ready = match spawn::start_shim(g, &name, &mode) {
+        Ok((ready, _child)) => ready,
+        Err(err) => {
+            let _ = g.store.remove(&name);
+            return Err(err);
+        }
+    };
+
+    let stats = match ready {
+        Ready::Started { restore, .. } => restore.unwrap_or_default(),
+        Ready::Failed { message } => {
+            let _ = g.store.remove(&name);
+            bail!("{message}");
+        }
+    };
+
+    tracing::info!(container = %name, image_dir = %dir.display(), "restored");
+    println!("{name}");
+    if args.print_stats {
+        print_stats(&stats, args.format)?;
+    }
+    Ok(())
+}
+
+fn criu_path<'a>(_criu: &Criu, g: &'a Globals) -> &'a std::ffi::OsStr {
+    g.criu.as_os_str()
+}
+
+/// A container of the same name that was checkpointed into this very image and no longer runs
+/// is replaced by the restore (the usual checkpoint-then-restore on one host). Any other
+/// container of that name makes the restore fail: pass `--name`.
+fn take_over_checkpointed(g: &Globals, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let existing = match g.store.load(name) {
+        Ok(state) => state,
+        Err(vpnhop::state::StateError::NotFound(_)) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+
+    let checkpointed_here = existing.checkpoint.as_deref() == Some(dir);
+    let gone = existing.observed_status() != Status::Running && !existing.shim_alive();
+    if !(checkpointed_here && gone) {
+        bail!("container name `{name}` is already in use; pass --name to restore under another");
+    }
+
+    container::cleanup(&g.store, &existing)?;
+    g.store.remove(name)?;
+    Ok(())
+}
+
+fn print_stats(stats: &RestoreStats, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(stats)?),
+        Format::Table => {
+            println!("host_ms      {:>10.1}", stats.host_ms);
+            println!("restore_ms   {:>10.1}", stats.restore_ms);
+            println!("total_ms     {:>10.1}", stats.total_ms);
+            println!("image_bytes  {:>10}", stats.image_bytes);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `vpnhop run`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use vpnhop::bundle::Bundle;
+use vpnhop::config;
+use vpnhop::name;
+use vpnhop::network::{Ipv4Cidr, PortMapping, Wiring};
+use vpnhop::shim::Ready;
+use vpnhop::state::{ContainerState, Status};
+
+use crate::{absolute, spawn, Globals};
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Return once the container runs instead of following its output.
+    #[arg(short, long)]
+    detach: bool,
+    /// Container name [default: generated].
+    #[arg(long)]
+    name: Option<String>,
+    /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/udp|/tcp] [default: the bundle's].
+    #[arg(short, long = "publish", value_name = "PORT")]
+    publish: Vec<PortMapping>,
+    /// Bridge to attach the container to.
+    #[arg(long, default_value = config::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Subnet of the bridge (used when the bridge is created).
+    #[arg(long, default_value = config::DEFAULT_SUBNET)]
+    subnet: Ipv4Cidr,
+    /// The OCI bundle.
+    bundle: PathBuf,
+}
+
+/// Creates and starts the container; prints its name.
+pub fn run(g: &Globals, args: Args) -> anyhow::Result<ExitCode> {
+    let bundle = Bundle::load(&absolute(&args.bundle))?;
+    let ports = if args.publish.is_empty() {
+        bundle.default_ports()?
+    } else {
+        args.publish
+    };
+
+    let id = name::new_id()?;
+    let name = match args.name {
+        Some(n) => {
+            name::validate(&n)?;
+            n
+        }
+        None => name::generated(&id),
+    };
+
+    let state = {
+        let _lock = g.store.lock_root()?;
+        let others = g.store.list()?;
+        let wiring = plan_wiring(&others, &id, &args.bridge, args.subnet, ports)?;
+        let state = ContainerState {
+            name: name.clone(),
+            id,
+            status: Status::Creating,
+            bundle: bundle.path.clone(),
+            created: Utc::now(),
+            started: None,
+            finished: None,
+            pid: None,
+            pid_start: None,
+            shim_pid: None,
+            shim_start: None,
+            exit_code: None,
+            network: wiring,
+            restored_from: None,
+            checkpoint: None,
+        };
+        g.store.create(&state)?;
+        state
+    };
+
+    let (ready, mut shim) = match spawn::start_shim(g, &name, &["run".as_ref()]) {
+        Ok(started) => started,
+        Err(err) => {
+            let _ = g.store.remove(&name);
+            return Err(err);
+        }
+    };
+    if let Ready::Failed { message } = ready {
+        let _ = g.store.remove(&name);
+        bail!("{message}");
+    }
+
+    println!("{name}");
+    tracing::info!(container = %name, "running");
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    crate::logs::follow(g, &name, true)?;
+    let _ = shim.wait();
+    let code = g.store.load(&state.name)?.exit_code.unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Plans the wiring of a new container beside `others`: their addresses are taken, their
+/// published ports may not be published again, and a bridge keeps the subnet it was made with.
+pub fn plan_wiring(
+    others: &[ContainerState],
+    id: &str,
+    bridge: &str,
+    subnet: Ipv4Cidr,
+    ports: Vec<PortMapping>,
+) -> anyhow::Result<Wiring> {
+    let same_bridge: Vec<&ContainerState> = others
+        .iter()
+        .filter(|s| s.network.bridge == bridge)
+        .collect();
+
+    if let Some(other) = same_bridge.iter().find(|s| s.network.subnet != subnet) {
+        bail!(
+            "bridge `{bridge}` has subnet {} (container `{}`), not {subnet}",
+            other.network.subnet,
+            other.name
+        );
+    }
+    for port in &ports {
+        let clash = others.iter().find(|s| {
+            s.network
+                .ports
+                .iter()
+                .any(|p| p.host_port == port.host_port && p.protocol == port.protocol)
+        });
+        if let Some(other) = clash {
+            bail!(
+                "port {port} is already published by container `{}`",
+                other.name
+            );
+        }
+    }
+
+    let used: Vec<Ipv4Addr> = same_bridge.iter().map(|s| s.network.address).collect();
+    Wiring::plan(id, bridge, subnet, &used, ports).context("planning the container's network")
+}

@@ -1,0 +1,734 @@
+//! OCI bundles: loading and checking the user's bundle, deriving the spec as run, and
+//! generating the OpenVPN bundle's `config.json` from `oci-spec` types.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, Arch, Capability, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
+use thiserror::Error;
+
+use crate::network::{NetError, PortMapping};
+
+/// Annotation through which a bundle names the ports published when `run` gets no `--publish`.
+pub const PUBLISH_ANNOTATION: &str = "org.vpnhop.publish";
+
+/// Errors about a bundle.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    /// The bundle directory does not exist.
+    #[error("bundle `{0}` not found")]
+    NotFound(PathBuf),
+    /// `config.json` is missing or malformed.
+    #[error("bundle `{path}`: invalid config.json")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: OciSpecError,
+    },
+    /// The spec lacks a part vpnhop needs.
+    #[error("bundle `{path}`: config.json has no `{field}`")]
+    Incomplete {
+        /// The bundle.
+        path: PathBuf,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// `root.path` does not point at a directory.
+    #[error("bundle `{0}`: root filesystem not found (run scripts/setup.sh to build it)")]
+    NoRootfs(PathBuf),
+    /// The spec asks for a device node the host does not have.
+    #[error("device `{path}` (c {major}:{minor}) is missing on the host; load its kernel module")]
+    MissingDevice {
+        /// The device path.
+        path: PathBuf,
+        /// Its major number.
+        major: i64,
+        /// Its minor number.
+        minor: i64,
+    },
+    /// The publish annotation does not parse.
+    #[error("bundle `{path}`: annotation `{PUBLISH_ANNOTATION}`")]
+    BadPublish {
+        /// The bundle.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: NetError,
+    },
+    /// Writing a spec failed.
+    #[error("writing spec `{path}`")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: OciSpecError,
+    },
+}
+
+/// A loaded and checked bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub path: PathBuf,
+    /// Its `config.json`.
+    pub spec: Spec,
+    /// Absolute path of its root filesystem.
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Loads `path/config.json` and checks what a run needs: the rootfs exists and every device
+    /// node the spec asks for exists on the host.
+    pub fn load(path: &Path) -> Result<Bundle, BundleError> {
+        let path = fs::canonicalize(path).map_err(|_| BundleError::NotFound(path.to_path_buf()))?;
+        let config = path.join("config.json");
+        let spec = Spec::load(&config).map_err(|source| BundleError::Config {
+            path: config,
+            source,
+        })?;
+
+        let root = spec.root().as_ref().ok_or(BundleError::Incomplete {
+            path: path.clone(),
+            field: "root",
+        })?;
+        let rootfs = path.join(root.path());
+        let rootfs = fs::canonicalize(&rootfs)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| BundleError::NoRootfs(rootfs.clone()))?;
+        if spec.process().is_none() {
+            return Err(BundleError::Incomplete {
+                path,
+                field: "process",
+            });
+        }
+
+        check_host_devices(&spec)?;
+        Ok(Bundle { path, spec, rootfs })
+    }
+
+    /// Ports the bundle asks to publish by default (its `org.vpnhop.publish` annotation, a
+    /// comma-separated list of `--publish` values).
+    pub fn default_ports(&self) -> Result<Vec<PortMapping>, BundleError> {
+        let Some(value) = self
+            .spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(PUBLISH_ANNOTATION))
+        else {
+            return Ok(Vec::new());
+        };
+
+        value
+            .split(',')
+            .map(|p| p.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|source| BundleError::BadPublish {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The spec as run: absolute rootfs and the container's own cgroup path.
+    pub fn runtime_spec(&self, name: &str) -> Spec {
+        let mut spec = self.spec.clone();
+
+        if let Some(root) = spec.root_mut() {
+            root.set_path(self.rootfs.clone());
+        }
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(cgroup_path(name)));
+        }
+
+        spec
+    }
+}
+
+/// Cgroup path of container `name`, relative to each hierarchy's root.
+pub fn cgroup_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/vpnhop/{name}"))
+}
+
+/// Writes `spec` as `dir/config.json`, creating `dir`.
+pub fn write_spec(dir: &Path, spec: &Spec) -> Result<(), BundleError> {
+    let path = dir.join("config.json");
+    let wrap = |source| BundleError::Write {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(|e| wrap(OciSpecError::Io(e)))?;
+    spec.save(&path).map_err(wrap)
+}
+
+fn check_host_devices(spec: &Spec) -> Result<(), BundleError> {
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+
+    for dev in devices {
+        if dev.typ() != LinuxDeviceType::C {
+            continue;
+        }
+        let (major, minor) = (dev.major(), dev.minor());
+        let present = fs::metadata(dev.path()).is_ok_and(|m| {
+            m.file_type().is_char_device()
+                && nix::sys::stat::major(m.rdev()) as i64 == major
+                && nix::sys::stat::minor(m.rdev()) as i64 == minor
+        });
+        if !present {
+            return Err(BundleError::MissingDevice {
+                path: dev.path().clone(),
+                major,
+                minor,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `config.json` of `bundles/openvpn`: OpenVPN as PID 1 of new pid, net, mount, uts, ipc and
+/// time namespaces, with `/dev/net/tun`, the capabilities OpenVPN needs and nothing else, a
+/// read-only root and the default seccomp profile. `docs/security.md` explains each choice.
+pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
+    let caps: std::collections::HashSet<Capability> = [
+        Capability::NetAdmin,
+        Capability::NetBindService,
+        Capability::Setuid,
+        Capability::Setgid,
+    ]
+    .into_iter()
+    .collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(std::collections::HashSet::<Capability>::new())
+        .ambient(std::collections::HashSet::<Capability>::new())
+        .build()?;
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(
+            ["/usr/sbin/openvpn", "--config", "/etc/openvpn/server.conf"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .env(vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(1024u64)
+            .soft(1024u64)
+            .build()?])
+        .build()?;
+
+    let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
+        MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(source)
+            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+    };
+    let mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", "size=16m"],
+        )?,
+        mount(
+            "/run",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=755", "size=16m"],
+        )?,
+    ];
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Time,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<Result<Vec<_>, _>>()?;
+
+    let tun = LinuxDeviceBuilder::default()
+        .path("/dev/net/tun")
+        .typ(LinuxDeviceType::C)
+        .major(10)
+        .minor(200)
+        .file_mode(0o666u32)
+        .uid(0u32)
+        .gid(0u32)
+        .build()?;
+    let allow = |typ, major: Option<i64>, minor: Option<i64>| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .access("rwm");
+        if let Some(major) = major {
+            b = b.major(major);
+        }
+        if let Some(minor) = minor {
+            b = b.minor(minor);
+        }
+        b.build()
+    };
+    let c = LinuxDeviceType::C;
+    let device_rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
+        allow(c, Some(1), Some(3))?,    // null
+        allow(c, Some(1), Some(5))?,    // zero
+        allow(c, Some(1), Some(7))?,    // full
+        allow(c, Some(1), Some(8))?,    // random
+        allow(c, Some(1), Some(9))?,    // urandom
+        allow(c, Some(5), Some(0))?,    // tty
+        allow(c, Some(5), Some(2))?,    // ptmx
+        allow(c, Some(136), None)?,     // pts
+        allow(c, Some(10), Some(200))?, // net/tun
+    ];
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(vec![tun])
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(device_rules)
+                .build()?,
+        )
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .seccomp(default_seccomp()?)
+        .build()?;
+
+    let annotations: HashMap<String, String> =
+        [(PUBLISH_ANNOTATION.to_string(), "1194:1194/udp".to_string())]
+            .into_iter()
+            .collect();
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(true)
+                .build()?,
+        )
+        .hostname("vpnhop")
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+}
+
+/// The default seccomp profile: everything refused with EPERM except an allow list of system
+/// calls an ordinary service uses, in the spirit of the profiles of Docker and Podman. Module
+/// loading, kexec, mounting, namespace changes, ptrace, BPF, keyrings and clock setting are
+/// absent from it.
+pub fn default_seccomp() -> Result<LinuxSeccomp, OciSpecError> {
+    let allowed = LinuxSyscallBuilder::default()
+        .names(
+            SECCOMP_ALLOW
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .action(LinuxSeccompAction::ScmpActAllow)
+        .build()?;
+
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(libc::EPERM as u32)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(vec![allowed])
+        .build()
+}
+
+const SECCOMP_ALLOW: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "alarm",
+    "arch_prctl",
+    "bind",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "clock_getres",
+    "clock_gettime",
+    "clock_nanosleep",
+    "clone",
+    "clone3",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fallocate",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchown",
+    "fchownat",
+    "fcntl",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fstat",
+    "fstatfs",
+    "fsync",
+    "ftruncate",
+    "futex",
+    "futex_waitv",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "geteuid",
+    "getgid",
+    "getgroups",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresuid",
+    "getrlimit",
+    "get_robust_list",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "ioctl",
+    "io_destroy",
+    "io_getevents",
+    "ioprio_get",
+    "ioprio_set",
+    "io_setup",
+    "io_submit",
+    "kill",
+    "lchown",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "lseek",
+    "lstat",
+    "madvise",
+    "membarrier",
+    "memfd_create",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedsend",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "nanosleep",
+    "newfstatat",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "poll",
+    "ppoll",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "pselect6",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmsg",
+    "remap_file_pages",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getscheduler",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "sendfile",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "setfsgid",
+    "setfsuid",
+    "setgid",
+    "setgroups",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setresgid",
+    "setresuid",
+    "setreuid",
+    "setrlimit",
+    "set_robust_list",
+    "setsid",
+    "setsockopt",
+    "set_tid_address",
+    "setuid",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "socket",
+    "socketpair",
+    "splice",
+    "stat",
+    "statfs",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_settime",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_settime",
+    "times",
+    "tkill",
+    "truncate",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimes",
+    "vfork",
+    "wait4",
+    "waitid",
+    "write",
+    "writev",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_openvpn_config_is_the_generated_one() {
+        let committed =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/openvpn/config.json");
+        let committed = Spec::load(&committed).expect("bundles/openvpn/config.json loads");
+        let generated = openvpn_spec().expect("spec builds");
+
+        assert_eq!(
+            serde_json::to_value(&committed).expect("json"),
+            serde_json::to_value(&generated).expect("json"),
+            "bundles/openvpn/config.json is stale: regenerate it with `vpnhop spec`"
+        );
+    }
+
+    #[test]
+    fn openvpn_spec_has_a_time_namespace_and_no_namespace_paths() {
+        let spec = openvpn_spec().expect("spec");
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .expect("ns");
+
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Time));
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network));
+        // A namespace given by path would be external to CRIU, and a tun device cannot be
+        // restored into an external network namespace.
+        assert!(namespaces.iter().all(|n| n.path().is_none()));
+    }
+
+    #[test]
+    fn missing_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Bundle::load(dir.path()).expect_err("no config.json");
+        assert!(err.to_string().contains("invalid config.json"), "{err}");
+
+        let err = Bundle::load(&dir.path().join("absent")).expect_err("no bundle");
+        assert!(err.to_string().starts_with("bundle `"), "{err}");
+    }
+
+    #[test]
+    fn default_ports_come_from_the_annotation() {
+        let bundle = Bundle {
+            path: PathBuf::from("/b"),
+            spec: openvpn_spec().expect("spec"),
+            rootfs: PathBuf::from("/b/rootfs"),
+        };
+        let ports = bundle.default_ports().expect("ports");
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].to_string(), "1194:1194/udp");
+    }
+}

@@ -1,0 +1,263 @@
+//! `checkpoint`, shim side: dump the container into a sealed image directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::{io_err, ContainerError};
+use crate::criu::{Criu, DumpOptions, DUMP_LOG};
+use crate::fsutil;
+use crate::image::{self, ImageDir, ImageMeta, ProcessRef, Versions, FORMAT, META_FILE, SPEC_FILE};
+use crate::proc;
+use crate::shim::CheckpointStats;
+use crate::state::{ContainerState, Store};
+
+/// Dumps the running container of `state` into `image_dir`.
+///
+/// The images are written into a sibling `.NAME.partial-PID` directory that is renamed to
+/// `image_dir` only once sealed, so `image_dir` is never half-written and a previous checkpoint
+/// there is replaced only by a complete one. Unless `leave_running`, CRIU leaves the tree
+/// stopped and the caller kills it. If CRIU fails, it resumes the tree: the container keeps
+/// running, and the partial directory is removed (its log is kept in the state directory).
+pub fn checkpoint(
+    store: &Store,
+    state: &ContainerState,
+    criu: &Criu,
+    image_dir: &Path,
+    leave_running: bool,
+) -> Result<CheckpointStats, ContainerError> {
+    let started = Instant::now();
+    let name = &state.name;
+    let pid = state
+        .pid
+        .ok_or_else(|| ContainerError::NotRunning(name.clone()))?;
+
+    // The keys under which the init's stdio pipes are handed back at restore (`--inherit-fd`).
+    let stdio = (0..3)
+        .map(|fd| {
+            let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+            fs::read_link(&link)
+                .map(|t| t.to_string_lossy().into_owned())
+                .map_err(io_err(link))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let parent = image_dir.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let partial = ImageDir::new(parent.join(format!(".{name}.partial-{}", std::process::id())));
+    let _ = fs::remove_dir_all(partial.path());
+    partial.create()?;
+
+    let result = write_images(store, state, criu, &partial, pid, stdio, leave_running);
+    let dump_ms = match result {
+        Ok(ms) => ms,
+        Err(err) => {
+            keep_log(store, name, partial.path());
+            let _ = fs::remove_dir_all(partial.path());
+            return Err(err);
+        }
+    };
+
+    replace_dir(partial.path(), image_dir, name)?;
+    let stats = CheckpointStats {
+        frozen_ms: dump_stats_frozen_ms(&image_dir.join(image::CRIU_DIR)).unwrap_or(f64::NAN),
+        dump_ms,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        image_bytes: image::du(image_dir),
+    };
+    tracing::info!(
+        container = %name,
+        image_dir = %image_dir.display(),
+        frozen_ms = stats.frozen_ms,
+        "dump written"
+    );
+    Ok(stats)
+}
+
+fn write_images(
+    store: &Store,
+    state: &ContainerState,
+    criu: &Criu,
+    image: &ImageDir,
+    pid: i32,
+    stdio: Vec<String>,
+    leave_running: bool,
+) -> Result<f64, ContainerError> {
+    let spec_src = store.runtime_bundle(&state.name).join(SPEC_FILE);
+    let spec_dst = image.path().join(SPEC_FILE);
+    fs::copy(&spec_src, &spec_dst).map_err(io_err(spec_src))?;
+
+    let meta = ImageMeta {
+        format: FORMAT,
+        name: state.name.clone(),
+        id: state.id.clone(),
+        bundle: state.bundle.clone(),
+        created: state.created,
+        checkpointed: Utc::now(),
+        wiring: state.network.clone(),
+        stdio,
+        versions: Versions {
+            vpnhop: env!("CARGO_PKG_VERSION").to_string(),
+            criu: criu.version().to_string(),
+            kernel: proc::kernel_release(),
+        },
+        source: ProcessRef {
+            boot_id: proc::boot_id(),
+            pid,
+            start: state.pid_start,
+        },
+        leave_running,
+    };
+    image.write_json(META_FILE, &meta)?;
+
+    let took = criu.dump(&DumpOptions {
+        pid,
+        images_dir: image.criu_dir(),
+        work_dir: image.path().to_path_buf(),
+        leave_running,
+        external_mounts: Vec::new(),
+    })?;
+
+    // Everything reaches the disk before the directory gets its final name: after a reboot
+    // it is all a restore has.
+    image.seal()?;
+    Ok(took.as_secs_f64() * 1e3)
+}
+
+/// Renames the complete `partial` directory to `dst`, replacing an older checkpoint there.
+fn replace_dir(partial: &Path, dst: &Path, name: &str) -> Result<(), ContainerError> {
+    let parent = dst.parent().unwrap_or(Path::new("/"));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+
+    let had_old = dst.exists();
+    if had_old {
+        fs::rename(dst, &old).map_err(io_err(dst))?;
+    }
+    fs::rename(partial, dst).map_err(io_err(dst))?;
+    fsutil::sync_dir(parent).map_err(io_err(parent))?;
+    if had_old {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+fn keep_log(store: &Store, name: &str, partial: &Path) {
+    let work = store.criu_work(name);
+    if fs::create_dir_all(&work).is_ok() {
+        let _ = fs::copy(partial.join(DUMP_LOG), work.join(DUMP_LOG));
+    }
+}
+
+/// Frozen time of the last dump in ms, read from CRIU's `stats-dump` image.
+///
+/// The file holds CRIU's magic numbers, a 32-bit length and one protobuf `StatsEntry` whose
+/// field 1 is a `DumpStatsEntry` with `frozen_time` (µs) as field 2.
+pub fn dump_stats_frozen_ms(criu_dir: &Path) -> Option<f64> {
+    let data = fs::read(criu_dir.join("stats-dump")).ok()?;
+
+    let entry = [4usize, 8].into_iter().find_map(|off| {
+        let len = u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?) as usize;
+        (off + 4 + len == data.len()).then(|| &data[off + 4..])
+    })?;
+    let dump = protobuf_field(entry, 1)?.bytes?;
+    let frozen_us = protobuf_field(dump, 2)?.varint?;
+    Some(frozen_us as f64 / 1e3)
+}
+
+struct Field<'a> {
+    varint: Option<u64>,
+    bytes: Option<&'a [u8]>,
+}
+
+/// Finds field `want` in a protobuf message (varint and length-delimited fields only).
+fn protobuf_field(mut buf: &[u8], want: u64) -> Option<Field<'_>> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = buf.split_first()?;
+            *buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (number, wire) = (key >> 3, key & 7);
+        let field = match wire {
+            0 => Field {
+                varint: Some(varint(&mut buf)?),
+                bytes: None,
+            },
+            2 => {
+                let len = varint(&mut buf)? as usize;
+                let bytes = buf.get(..len)?;
+                buf = &buf[len..];
+                Field {
+                    varint: None,
+                    bytes: Some(bytes),
+                }
+            }
+            1 => {
+                buf = buf.get(8..)?;
+                Field {
+                    varint: None,
+                    bytes: None,
+                }
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                Field {
+                    varint: None,
+                    bytes: None,
+                }
+            }
+            _ => return None,
+        };
+        if number == want {
+            return Some(field);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_time_is_read_from_a_stats_image() {
+        // magic, magic, len, StatsEntry{ dump: DumpStatsEntry{ freezing_time: 5, frozen_time:
+        // 94000 } }
+        let dump = [0x08, 0x05, 0x10, 0xd0, 0xdd, 0x05];
+        let mut entry = vec![0x0a, dump.len() as u8];
+        entry.extend_from_slice(&dump);
+        let mut file = vec![1, 2, 3, 4, 5, 6, 7, 8];
+        file.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        file.extend_from_slice(&entry);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("stats-dump"), &file).expect("write");
+        assert_eq!(dump_stats_frozen_ms(dir.path()), Some(94.0));
+    }
+
+    #[test]
+    fn replacing_keeps_only_the_new_checkpoint() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dst = tmp.path().join("img");
+        let partial = tmp.path().join(".img.partial");
+        fs::create_dir(&dst).expect("old");
+        fs::write(dst.join("old"), b"1").expect("old file");
+        fs::create_dir(&partial).expect("new");
+        fs::write(partial.join("new"), b"2").expect("new file");
+
+        replace_dir(&partial, &dst, "img").expect("replace");
+        assert!(dst.join("new").exists() && !dst.join("old").exists());
+        assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 1);
+    }
+}

@@ -1,0 +1,154 @@
+//! `restore`, shim side: rebuild the host side and let CRIU bring the container back as a child
+//! of this shim.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::Instant;
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use oci_spec::runtime::Spec;
+
+use super::{cgroups, io_err, stdio_pipes, ContainerError, ShimStdio};
+use crate::bundle::{write_spec, BundleError};
+use crate::criu::{Criu, RestoreOptions};
+use crate::fsutil;
+use crate::image::{self, ImageDir, ImageMeta, SPEC_FILE};
+use crate::network::{self, NetError};
+use crate::shim::RestoreStats;
+use crate::state::{ContainerState, Store};
+
+/// First descriptor number under which the container's stdio ends are handed to CRIU.
+const INHERIT_FD_BASE: i32 = 100;
+
+/// Restores the container of `state` from `image` (already verified into `meta`); returns the
+/// restored init's host pid, the shim's ends of its new stdio pipes, and timings.
+///
+/// Must run in the shim, a child subreaper: CRIU restores detached and the restored init is
+/// re-parented to the shim when CRIU exits. The image directory is only read. On failure the
+/// caller removes the host side with [`super::cleanup`].
+pub fn restore(
+    store: &Store,
+    state: &ContainerState,
+    criu: &Criu,
+    image: &ImageDir,
+    meta: &ImageMeta,
+) -> Result<(i32, ShimStdio, RestoreStats), ContainerError> {
+    let started = Instant::now();
+    let name = &state.name;
+    let wiring = &state.network;
+
+    let spec_path = image.path().join(SPEC_FILE);
+    let spec = Spec::load(&spec_path).map_err(|source| BundleError::Config {
+        path: spec_path.clone(),
+        source,
+    })?;
+    write_spec(&store.runtime_bundle(name), &spec)?;
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| BundleError::NoRootfs(meta.bundle.join("rootfs")))?;
+
+    // CRIU recreates the veth pair itself; a leftover host end would make that fail late.
+    if network::link_exists(&wiring.host_veth)? {
+        return Err(NetError::LinkExists(wiring.host_veth.clone()).into());
+    }
+    network::ensure_bridge(wiring)?;
+    network::enable_forwarding()?;
+    network::install_ports(wiring)?;
+
+    let work = store.criu_work(name);
+    fsutil::create_private_dir(&work).map_err(io_err(&work))?;
+    let pidfile = work.join("restored.pid");
+    let _ = fs::remove_file(&pidfile);
+
+    let (shim_ends, container_ends) = stdio_pipes(name)?;
+    let raw = [
+        container_ends.stdin.as_raw_fd(),
+        container_ends.stdout.as_raw_fd(),
+        container_ends.stderr.as_raw_fd(),
+    ];
+    let mut inherit_fds = Vec::new();
+    for (i, key) in meta.stdio.iter().enumerate().take(3) {
+        if key.starts_with("pipe:") && !inherit_fds.iter().any(|(_, k)| k == key) {
+            inherit_fds.push((INHERIT_FD_BASE + i as i32, key.clone()));
+        }
+    }
+
+    let placement = cgroups::enter(name, &spec)?;
+    let host_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let opts = RestoreOptions {
+        images_dir: image.criu_dir(),
+        work_dir: work.clone(),
+        root: rootfs.clone(),
+        pidfile: pidfile.clone(),
+        veths: vec![(
+            wiring.inner_veth.clone(),
+            wiring.host_veth.clone(),
+            wiring.bridge.clone(),
+        )],
+        inherit_fds,
+        external_mounts: Vec::new(),
+    };
+    let result = criu.restore(&opts, |cmd| {
+        let rootfs = rootfs.clone();
+        // SAFETY: between fork and exec the child only makes system calls (unshare, mount,
+        // dup2) on data prepared before the fork; nix formats short paths on the stack.
+        unsafe {
+            cmd.pre_exec(move || prepare_child(&rootfs, raw));
+        }
+        Ok(())
+    });
+    let left = cgroups::leave(name, &placement);
+    drop(container_ends);
+    let took = result?;
+    left?;
+
+    let pid_text = fs::read_to_string(&pidfile).map_err(io_err(&pidfile))?;
+    let pid: i32 = pid_text
+        .trim()
+        .parse()
+        .map_err(|_| ContainerError::NotRunning(name.clone()))?;
+
+    let stats = RestoreStats {
+        host_ms,
+        restore_ms: took.as_secs_f64() * 1e3,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        image_bytes: image::du(image.path()),
+    };
+    tracing::info!(container = %name, pid, restore_ms = stats.restore_ms, "restored");
+    Ok((pid, shim_ends, stats))
+}
+
+/// In CRIU's child: a private mount namespace in which the rootfs is a mount point (CRIU's
+/// `--root` must be one), and the container's stdio ends at known descriptor numbers.
+fn prepare_child(rootfs: &Path, stdio: [i32; 3]) -> std::io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+
+    for (i, fd) in stdio.iter().enumerate() {
+        // SAFETY: dup2(2) on descriptors this process owns.
+        if unsafe { libc::dup2(*fd, INHERIT_FD_BASE + i as i32) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The `criu` binary: locating it, checking its version, and the exact argument lists of our
+//! dumps and restores.
+//!
+//! We call the binary rather than CRIU's RPC interface because the options vpnhop needs
+//! (`--network-lock nftables`, `--external veth[…]`, `--inherit-fd`, `--leave-stopped`) are not
+//! all reachable through the `rust-criu` crate. Every command is logged in full at debug level;
+//! a failure quotes the tail of CRIU's own log.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Errors of CRIU invocations.
+#[derive(Debug, Error)]
+pub enum CriuError {
+    /// The binary is not there.
+    #[error("criu `{0}` not found: run scripts/setup.sh or pass --criu")]
+    Missing(PathBuf),
+    /// The binary is older than 4.0.
+    #[error("criu `{path}` is version {version}; vpnhop needs CRIU 4.x (see docs/criu.md)")]
+    TooOld {
+        /// The binary.
+        path: PathBuf,
+        /// What it reported.
+        version: String,
+    },
+    /// The binary could not be started or its output read.
+    #[error("running criu `{path}`")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// CRIU ran and failed.
+    #[error("criu {verb} failed ({status}); log `{log}`: {tail}")]
+    Failed {
+        /// `dump` or `restore`.
+        verb: &'static str,
+        /// Its exit status.
+        status: String,
+        /// CRIU's log file.
+        log: PathBuf,
+        /// The last error lines of that log.
+        tail: String,
+    },
+}
+
+/// A usable CRIU binary.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    bin: PathBuf,
+    version: String,
+}
+
+impl Criu {
+    /// Checks that `bin` exists and is CRIU 4.x or newer.
+    pub fn locate(bin: &Path) -> Result<Criu, CriuError> {
+        if !bin.is_file() {
+            return Err(CriuError::Missing(bin.to_path_buf()));
+        }
+
+        let output = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map_err(|source| CriuError::Spawn {
+                path: bin.to_path_buf(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = parse_version(&text).unwrap_or_else(|| "unknown".to_string());
+
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 4 {
+            return Err(CriuError::TooOld {
+                path: bin.to_path_buf(),
+                version,
+            });
+        }
+        Ok(Criu {
+            bin: bin.to_path_buf(),
+            version,
+        })
+    }
+
+    /// The version CRIU reported, e.g. `4.2.1`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Dumps the process tree rooted at `opts.pid`; returns the wall time CRIU took.
+    pub fn dump(&self, opts: &DumpOptions) -> Result<Duration, CriuError> {
+        let log = opts.work_dir.join(DUMP_LOG);
+        self.run("dump", dump_args(opts), &log, |_| Ok(()))
+    }
+
+    /// Restores the images in `opts.images_dir`; returns the wall time CRIU took.
+    ///
+    /// `prepare` runs in the forked child before CRIU is executed: the restore uses it to enter
+    /// the container's cgroups and a private mount namespace.
+    pub fn restore<F>(&self, opts: &RestoreOptions, prepare: F) -> Result<Duration, CriuError>
+    where
+        F: FnMut(&mut Command) -> io::Result<()>,
+    {
+        let log = opts.work_dir.join(RESTORE_LOG);
+        self.run("restore", restore_args(opts), &log, prepare)
+    }
+
+    fn run<F>(
+        &self,
+        verb: &'static str,
+        args: Vec<OsString>,
+        log: &Path,
+        mut prepare: F,
+    ) -> Result<Duration, CriuError>
+    where
+        F: FnMut(&mut Command) -> io::Result<()>,
+    {
+        tracing::debug!(
+            "running {} {}",
+            self.bin.display(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // CRIU's images hold the server's memory, private keys included: owner-only files.
+        // SAFETY: umask(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        prepare(&mut cmd).map_err(|source| CriuError::Spawn {
+            path: self.bin.clone(),
+            source,
+        })?;
+
+        let start = Instant::now();
+        let output = cmd.output().map_err(|source| CriuError::Spawn {
+            path: self.bin.clone(),
+            source,
+        })?;
+        let elapsed = start.elapsed();
+
+        if output.status.success() {
+            return Ok(elapsed);
+        }
+
+        let mut tail = log_tail(log);
+        if tail.is_empty() {
+            tail = String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .replace('\n', " | ");
+        }
+        Err(CriuError::Failed {
+            verb,
+            status: output.status.to_string(),
+            log: log.to_path_buf(),
+            tail,
+        })
+    }
+}
+
+/// Name of CRIU's dump log in the work directory.
+pub const DUMP_LOG: &str = "dump.log";
+/// Name of CRIU's restore log in the work directory.
+pub const RESTORE_LOG: &str = "restore.log";
+
+/// What a dump needs.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Host pid of the container's init process.
+    pub pid: i32,
+    /// Where CRIU writes its images.
+    pub images_dir: PathBuf,
+    /// Where CRIU writes its log.
+    pub work_dir: PathBuf,
+    /// Leave the tree running after the dump (`--leave-running`).
+    pub leave_running: bool,
+    /// External mounts as `mnt[MOUNTPOINT]:KEY`.
+    pub external_mounts: Vec<(String, String)>,
+}
+
+/// What a restore needs.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The images to restore.
+    pub images_dir: PathBuf,
+    /// Where CRIU writes its log (not the image directory, which stays untouched).
+    pub work_dir: PathBuf,
+    /// The container's root filesystem, a mount point.
+    pub root: PathBuf,
+    /// Where CRIU writes the restored init's host pid.
+    pub pidfile: PathBuf,
+    /// Veth pairs CRIU recreates: (inner name, host name, bridge).
+    pub veths: Vec<(String, String, String)>,
+    /// Descriptors handed to the restored tree: (fd in CRIU, key recorded at dump).
+    pub inherit_fds: Vec<(i32, String)>,
+    /// External mounts as (KEY, host path).
+    pub external_mounts: Vec<(String, PathBuf)>,
+}
+
+/// The argument list of a dump.
+///
+/// The network namespace is not declared external: CRIU must own it to dump the tun device,
+/// the addresses, routes and rules inside. `--leave-stopped` (unless the container keeps
+/// running) lets the shim kill the tree after CRIU is done, out of CRIU's critical path.
+pub fn dump_args(opts: &DumpOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "dump".into(),
+        "--tree".into(),
+        opts.pid.to_string().into(),
+        "--images-dir".into(),
+        opts.images_dir.clone().into(),
+        "--work-dir".into(),
+        opts.work_dir.clone().into(),
+        "--log-file".into(),
+        DUMP_LOG.into(),
+        "-v4".into(),
+        "--network-lock".into(),
+        "nftables".into(),
+        "--manage-cgroups".into(),
+        "soft".into(),
+    ];
+    args.push(
+        if opts.leave_running {
+            "--leave-running"
+        } else {
+            "--leave-stopped"
+        }
+        .into(),
+    );
+
+    for (mountpoint, key) in &opts.external_mounts {
+        args.push("--external".into());
+        args.push(format!("mnt[{mountpoint}]:{key}").into());
+    }
+    args
+}
+
+/// The argument list of a restore.
+///
+/// `--restore-detached` leaves the restored tree to the shim, a child subreaper that adopts it
+/// when CRIU exits. Cgroups are created by the runtime beforehand and CRIU only joins them
+/// (`--manage-cgroups ignore`, the tree inherits CRIU's cgroups).
+pub fn restore_args(opts: &RestoreOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "restore".into(),
+        "--images-dir".into(),
+        opts.images_dir.clone().into(),
+        "--work-dir".into(),
+        opts.work_dir.clone().into(),
+        "--log-file".into(),
+        RESTORE_LOG.into(),
+        "-v4".into(),
+        "--root".into(),
+        opts.root.clone().into(),
+        "--restore-detached".into(),
+        "--pidfile".into(),
+        opts.pidfile.clone().into(),
+        "--network-lock".into(),
+        "nftables".into(),
+        "--manage-cgroups".into(),
+        "ignore".into(),
+    ];
+
+    for (inner, host, bridge) in &opts.veths {
+        args.push("--external".into());
+        args.push(format!("veth[{inner}]:{host}@{bridge}").into());
+    }
+    for (fd, key) in &opts.inherit_fds {
+        args.push("--inherit-fd".into());
+        args.push(format!("fd[{fd}]:{key}").into());
+    }
+    for (key, path) in &opts.external_mounts {
+        args.push("--external".into());
+        args.push(format!("mnt[{key}]:{}", path.display()).into());
+    }
+    args
+}
+
+fn parse_version(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// The last error lines of a CRIU log, joined on one line.
+pub fn log_tail(log: &Path) -> String {
+    let Ok(text) = fs::read_to_string(log) else {
+        return String::new();
+    };
+
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("BUG"))
+        .collect();
+    let lines: Vec<&str> = if errors.is_empty() {
+        text.lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    } else {
+        errors.iter().rev().take(3).rev().copied().collect()
+    };
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(args: Vec<OsString>) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn dump_owns_the_network_namespace() {
+        let opts = DumpOptions {
+            pid: 42,
+            images_dir: "/img/criu".into(),
+            work_dir: "/run/x".into(),
+            leave_running: false,
+            external_mounts: vec![],
+        };
+        let args = joined(dump_args(&opts));
+
+        assert!(
+            args.starts_with("dump --tree 42 --images-dir /img/criu"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("net["),
+            "network namespace must not be external: {args}"
+        );
+        assert!(
+            args.contains("--leave-stopped") && !args.contains("--leave-running"),
+            "{args}"
+        );
+        assert!(args.contains("--network-lock nftables"), "{args}");
+    }
+
+    #[test]
+    fn restore_recreates_veth_and_hands_back_stdio() {
+        let opts = RestoreOptions {
+            images_dir: "/img/criu".into(),
+            work_dir: "/run/x/criu".into(),
+            root: "/b/rootfs".into(),
+            pidfile: "/run/x/pid".into(),
+            veths: vec![("eth0".into(), "vhabc".into(), "vpnhop0".into())],
+            inherit_fds: vec![(10, "pipe:[123]".into())],
+            external_mounts: vec![],
+        };
+        let args = joined(restore_args(&opts));
+
+        assert!(
+            args.contains("--external veth[eth0]:vhabc@vpnhop0"),
+            "{args}"
+        );
+        assert!(args.contains("--inherit-fd fd[10]:pipe:[123]"), "{args}");
+        assert!(args.contains("--root /b/rootfs"), "{args}");
+        assert!(args.contains("--restore-detached"), "{args}");
+    }
+
+    #[test]
+    fn version_line_is_parsed() {
+        assert_eq!(parse_version("Version: 4.2.1\n").as_deref(), Some("4.2.1"));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn missing_binary_is_named() {
+        let err = Criu::locate(Path::new("/nonexistent/criu")).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "criu `/nonexistent/criu` not found: run scripts/setup.sh or pass --criu"
+        );
+    }
+
+    #[test]
+    fn log_tail_prefers_error_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        fs::write(
+            &log,
+            "(0.1) a\n(0.2) Error (criu/tun.c:1): No tun device for file\n(0.3) b\n",
+        )
+        .expect("write");
+        assert_eq!(
+            log_tail(&log),
+            "(0.2) Error (criu/tun.c:1): No tun device for file"
+        );
+    }
+}

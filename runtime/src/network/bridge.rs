@@ -1,0 +1,82 @@
+//! The bridge every container's host-side veth end is attached to.
+
+use std::net::IpAddr;
+
+use rtnetlink::{LinkBridge, LinkUnspec};
+
+use super::netlink::Netlink;
+use super::{NetError, Wiring};
+
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(msg) if msg.code.map(|c| c.get()) == Some(-errno))
+}
+
+/// Creates the bridge of `wiring` with its gateway address and brings it up; a bridge that
+/// already exists is reused (equivalent to `ip link add NAME type bridge; ip addr add GW/LEN dev
+/// NAME; ip link set NAME up`).
+pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
+    let nl = Netlink::current()?;
+    let name = &wiring.bridge;
+
+    if nl.link(name)?.is_none() {
+        let msg = LinkBridge::new(name).build();
+        nl.run(nl.handle().link().add(msg).execute())
+            .map_err(|source| NetError::Netlink {
+                op: "creating bridge",
+                object: name.clone(),
+                source,
+            })?;
+        tracing::debug!(bridge = %name, "bridge created");
+    }
+    let index = nl.index(name)?;
+
+    let gateway = IpAddr::V4(wiring.gateway);
+    let add = nl
+        .handle()
+        .address()
+        .add(index, gateway, wiring.subnet.prefix)
+        .execute();
+    match nl.run(add) {
+        Ok(()) => {}
+        Err(err) if is_errno(&err, libc::EEXIST) => {}
+        Err(source) => {
+            return Err(NetError::Netlink {
+                op: "adding gateway address to",
+                object: name.clone(),
+                source,
+            })
+        }
+    }
+
+    let up = LinkUnspec::new_with_index(index).up().build();
+    nl.run(nl.handle().link().set(up).execute())
+        .map_err(|source| NetError::Netlink {
+            op: "bringing up",
+            object: name.clone(),
+            source,
+        })
+}
+
+/// Whether any interface is still attached to bridge `name`; false when it does not exist.
+pub fn bridge_in_use(name: &str) -> Result<bool, NetError> {
+    let nl = Netlink::current()?;
+    match nl.link(name)? {
+        Some(link) => Ok(!nl.ports_of(link.header.index)?.is_empty()),
+        None => Ok(false),
+    }
+}
+
+/// Deletes bridge `name` if it exists (equivalent to `ip link del NAME`).
+pub fn remove_bridge(name: &str) -> Result<(), NetError> {
+    let nl = Netlink::current()?;
+    let Some(link) = nl.link(name)? else {
+        return Ok(());
+    };
+
+    nl.run(nl.handle().link().del(link.header.index).execute())
+        .map_err(|source| NetError::Netlink {
+            op: "deleting bridge",
+            object: name.to_string(),
+            source,
+        })
+}

@@ -1,0 +1,364 @@
+//! Host-side wiring of a container: a bridge, a veth pair and published ports.
+//!
+//! This module owns everything the runtime creates outside the container: the bridge with the
+//! gateway address, the host end of each veth pair, one nftables table per container with its
+//! DNAT and SNAT rules, and `net.ipv4.ip_forward`. Links, addresses and routes go through
+//! `rtnetlink`; netfilter rules through the `nftables` crate (the `nft` JSON interface). What is
+//! created is recorded in a [`Wiring`] kept in the container's state and its checkpoint images,
+//! so that `rm` removes exactly that and `restore` rebuilds exactly that.
+
+mod bridge;
+mod netlink;
+mod ports;
+mod veth;
+
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge};
+pub use ports::{install_ports, remove_ports};
+pub use veth::{attach_container, link_exists, remove_host_veth, wait_link_gone};
+
+/// Errors of the network wiring.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// A netlink request failed.
+    #[error("{op} `{object}`")]
+    Netlink {
+        /// What was being done, e.g. "creating bridge".
+        op: &'static str,
+        /// The interface or address concerned.
+        object: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// An interface we rely on does not exist.
+    #[error("network interface `{0}` not found")]
+    LinkNotFound(String),
+    /// A link that must be created already exists.
+    #[error("network interface `{0}` already exists")]
+    LinkExists(String),
+    /// A link did not go away in time.
+    #[error("network interface `{0}` still exists after deletion")]
+    LinkLingers(String),
+    /// Entering or opening a network namespace failed.
+    #[error("network namespace `{path}`")]
+    Netns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// A file under /proc/sys or /proc/PID/ns could not be used.
+    #[error("`{path}`")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// Applying or deleting netfilter rules failed.
+    #[error("nftables table `{table}`")]
+    Nft {
+        /// The table.
+        table: String,
+        /// The nft error.
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    /// The subnet has no address left for another container.
+    #[error("no free address left in subnet `{0}`")]
+    NoFreeAddress(Ipv4Cidr),
+    /// A subnet written by the user does not parse.
+    #[error("invalid subnet `{0}`: expected IPV4/PREFIX with a prefix of 8 to 30")]
+    BadSubnet(String),
+    /// A `--publish` value does not parse.
+    #[error("invalid port mapping `{0}`: expected [HOSTIP:]HOSTPORT:CTRPORT[/udp|/tcp]")]
+    BadPort(String),
+}
+
+/// An IPv4 network and prefix length, written `198.51.100.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Cidr {
+    /// The network address.
+    pub network: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The `n`th address of the network (1 is the first host address).
+    pub fn host(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u32 << (32 - self.prefix);
+        (n > 0 && n < size - 1).then(|| Ipv4Addr::from(u32::from(self.network) + n))
+    }
+
+    /// Number of host addresses.
+    pub fn hosts(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 2
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetError::BadSubnet(s.to_string());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Ipv4Cidr {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
+    }
+}
+
+impl TryFrom<String> for Ipv4Cidr {
+    type Error = NetError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Ipv4Cidr> for String {
+    fn from(c: Ipv4Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// UDP, what OpenVPN uses here.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// One `--publish [HOSTIP:]HOSTPORT:CTRPORT/PROTO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Host address to match; any local address when absent.
+    pub host_ip: Option<Ipv4Addr>,
+    /// Port on the host.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+}
+
+impl FromStr for PortMapping {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetError::BadPort(s.to_string());
+        let (ports, protocol) = match s.rsplit_once('/') {
+            Some((ports, "udp")) => (ports, Protocol::Udp),
+            Some((ports, "tcp")) => (ports, Protocol::Tcp),
+            Some(_) => return Err(bad()),
+            None => (s, Protocol::Udp),
+        };
+
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_ip, host_port, container_port) = match parts.as_slice() {
+            [host, ctr] => (None, *host, *ctr),
+            [ip, host, ctr] => (Some(ip.parse().map_err(|_| bad())?), *host, *ctr),
+            _ => return Err(bad()),
+        };
+
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+        Ok(PortMapping {
+            host_ip,
+            host_port: port(host_port)?,
+            container_port: port(container_port)?,
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// Everything the runtime creates on the host for one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wiring {
+    /// Bridge the host end is attached to.
+    pub bridge: String,
+    /// Subnet of the bridge.
+    pub subnet: Ipv4Cidr,
+    /// The bridge's own address, the container's default gateway.
+    pub gateway: Ipv4Addr,
+    /// The container's address on the bridge.
+    pub address: Ipv4Addr,
+    /// Host end of the veth pair.
+    pub host_veth: String,
+    /// Container end of the veth pair.
+    pub inner_veth: String,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// nftables table holding this container's rules (family `ip`).
+    pub nft_table: String,
+}
+
+impl Wiring {
+    /// Plans the wiring of container `id`: names derived from the id, the first address of
+    /// `subnet` not in `used` (the gateway takes the first host address).
+    pub fn plan(
+        id: &str,
+        bridge: &str,
+        subnet: Ipv4Cidr,
+        used: &[Ipv4Addr],
+        ports: Vec<PortMapping>,
+    ) -> Result<Wiring, NetError> {
+        let gateway = subnet.host(1).ok_or(NetError::NoFreeAddress(subnet))?;
+        let address = (2..=subnet.hosts())
+            .filter_map(|n| subnet.host(n))
+            .find(|a| !used.contains(a))
+            .ok_or(NetError::NoFreeAddress(subnet))?;
+        let short = &id[..10.min(id.len())];
+
+        Ok(Wiring {
+            bridge: bridge.to_string(),
+            subnet,
+            gateway,
+            address,
+            host_veth: format!("vh{short}"),
+            inner_veth: "eth0".to_string(),
+            ports,
+            nft_table: format!("vpnhop_{short}"),
+        })
+    }
+}
+
+/// Turns on IPv4 forwarding in the current network namespace, as every bridge-based runtime
+/// must for DNAT to a container to work.
+pub fn enable_forwarding() -> Result<(), NetError> {
+    let path = PathBuf::from("/proc/sys/net/ipv4/ip_forward");
+    if std::fs::read_to_string(&path)
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+
+    std::fs::write(&path, "1").map_err(|source| NetError::Io { path, source })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_wiring() -> Wiring {
+        Wiring::plan(
+            "0123456789abcdef",
+            "vpnhop0",
+            "198.51.100.0/24".parse().expect("cidr"),
+            &[],
+            vec!["1194:1194/udp".parse().expect("port")],
+        )
+        .expect("plan")
+    }
+
+    #[test]
+    fn subnet_parses_and_normalizes() {
+        let c: Ipv4Cidr = "198.51.100.7/24".parse().expect("parse");
+        assert_eq!(c.to_string(), "198.51.100.0/24");
+        assert_eq!(c.host(1), Some(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(c.host(255), None);
+        assert!("198.51.100.0/31".parse::<Ipv4Cidr>().is_err());
+        assert!("nonsense".parse::<Ipv4Cidr>().is_err());
+    }
+
+    #[test]
+    fn port_mappings_parse_in_all_forms() {
+        let p: PortMapping = "1194:1194/udp".parse().expect("short");
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port),
+            (None, 1194, 1194)
+        );
+        let p: PortMapping = "203.0.113.1:51194:1194/udp".parse().expect("with ip");
+        assert_eq!(p.host_ip, Some(Ipv4Addr::new(203, 0, 113, 1)));
+        assert_eq!(p.to_string(), "203.0.113.1:51194:1194/udp");
+        let p: PortMapping = "80:8080/tcp".parse().expect("tcp");
+        assert_eq!(p.protocol, Protocol::Tcp);
+        for bad in [
+            "1194",
+            "0:1194/udp",
+            "1194:1194/sctp",
+            "x:1:2/udp",
+            "70000:1/udp",
+        ] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn plan_skips_gateway_and_used_addresses() {
+        let subnet: Ipv4Cidr = "198.51.100.0/24".parse().expect("cidr");
+        let used = [Ipv4Addr::new(198, 51, 100, 2)];
+        let w = Wiring::plan("abcdef0123456789", "br", subnet, &used, vec![]).expect("plan");
+        assert_eq!(w.gateway, Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(w.address, Ipv4Addr::new(198, 51, 100, 3));
+        assert_eq!(w.host_veth, "vhabcdef0123");
+        assert!(
+            w.host_veth.len() <= 15,
+            "interface names are limited to 15 bytes"
+        );
+    }
+
+    #[test]
+    fn plan_fails_when_the_subnet_is_full() {
+        let subnet: Ipv4Cidr = "198.51.100.0/30".parse().expect("cidr");
+        let used = [Ipv4Addr::new(198, 51, 100, 2)];
+        assert!(matches!(
+            Wiring::plan("abcdef0123456789", "br", subnet, &used, vec![]),
+            Err(NetError::NoFreeAddress(_))
+        ));
+    }
+}

@@ -1,0 +1,69 @@
+//! Facts about processes and the running kernel read from `/proc`.
+
+use std::fs;
+
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`); together with
+/// the pid and the boot id it names one process for good, across pid reuse.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive and still the process that started at `start` (when given).
+pub fn is_alive(pid: i32, start: Option<u64>) -> bool {
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+
+    match (start, start_time(pid)) {
+        (Some(expected), Some(actual)) => expected == actual,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// Whether `pid` has exited but not yet been reaped.
+pub fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').map(|i| stat[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The kernel's id of this boot: distinguishes a process of this boot from one of an earlier boot.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_with_its_start_time() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("start time of self");
+        assert!(is_alive(me, Some(start)));
+        assert!(!is_alive(me, Some(start + 1)));
+        assert!(!is_zombie(me));
+    }
+
+    #[test]
+    fn boot_id_is_read() {
+        assert_eq!(boot_id().len(), 36);
+    }
+}

@@ -204,14 +204,10 @@ fn check_host_devices(spec: &Spec) -> Result<(), BundleError> {
 /// time namespaces, with `/dev/net/tun`, the capabilities OpenVPN needs and nothing else, a
 /// read-only root and the default seccomp profile. `docs/security.md` explains each choice.
 pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
-    let caps: std::collections::HashSet<Capability> = [
-        Capability::NetAdmin,
-        Capability::NetBindService,
-        Capability::Setuid,
-        Capability::Setgid,
-    ]
-    .into_iter()
-    .collect();
+    let caps: std::collections::HashSet<Capability> =
+        [Capability::NetAdmin, Capability::NetBindService]
+            .into_iter()
+            .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())

@@ -238,8 +238,7 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<OsString> {
         "-v4".into(),
         "--network-lock".into(),
         "nftables".into(),
-        "--manage-cgroups".into(),
-        "soft".into(),
+        "--manage-cgroups=soft".into(),
     ];
     args.push(
         if opts.leave_running {
@@ -279,8 +278,7 @@ pub fn restore_args(opts: &RestoreOptions) -> Vec<OsString> {
         opts.pidfile.clone().into(),
         "--network-lock".into(),
         "nftables".into(),
-        "--manage-cgroups".into(),
-        "ignore".into(),
+        "--manage-cgroups=ignore".into(),
     ];
 
     for (inner, host, bridge) in &opts.veths {

@@ -54,7 +54,10 @@ impl LogLevel {
 /// Only our own crates log at the chosen level; dependencies stay at `warn` so that
 /// libcontainer's internals do not drown the lifecycle lines.
 pub fn init(file: Option<&Path>, format: LogFormat, level: LogLevel) -> std::io::Result<()> {
-    let directive = format!("warn,vpnhop={lvl},vpnhop_shim={lvl}", lvl = level.as_str());
+    let directive = format!(
+        "warn,libcgroups=error,libcontainer=error,vpnhop={lvl},vpnhop_shim={lvl}",
+        lvl = level.as_str()
+    );
     let filter =
         EnvFilter::try_from_env("VPNHOP_LOG").unwrap_or_else(|_| EnvFilter::new(directive));
     let builder = tracing_subscriber::fmt()

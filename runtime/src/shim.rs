@@ -73,8 +73,8 @@ pub enum Request {
 /// Timings and size of a checkpoint.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct CheckpointStats {
-    /// Time the container's processes were frozen, from CRIU's stats (ms).
-    pub frozen_ms: f64,
+    /// Time the container's processes were frozen, from CRIU's stats (ms), when readable.
+    pub frozen_ms: Option<f64>,
     /// Wall time of `criu dump` (ms).
     pub dump_ms: f64,
     /// Wall time of the whole checkpoint verb in the shim (ms).

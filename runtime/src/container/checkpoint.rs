@@ -1,6 +1,7 @@
 //! `checkpoint`, shim side: dump the container into a sealed image directory.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,7 +55,6 @@ pub fn checkpoint(
     let dump_ms = match result {
         Ok(ms) => ms,
         Err(err) => {
-            keep_log(store, name, partial.path());
             let _ = fs::remove_dir_all(partial.path());
             return Err(err);
         }
@@ -62,7 +62,7 @@ pub fn checkpoint(
 
     replace_dir(partial.path(), image_dir, name)?;
     let stats = CheckpointStats {
-        frozen_ms: dump_stats_frozen_ms(&image_dir.join(image::CRIU_DIR)).unwrap_or(f64::NAN),
+        frozen_ms: dump_stats_frozen_ms(&store.criu_work(name)),
         dump_ms,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         image_bytes: image::du(image_dir),
@@ -88,6 +88,7 @@ fn write_images(
     let spec_src = store.runtime_bundle(&state.name).join(SPEC_FILE);
     let spec_dst = image.path().join(SPEC_FILE);
     fs::copy(&spec_src, &spec_dst).map_err(io_err(spec_src))?;
+    fs::set_permissions(&spec_dst, fs::Permissions::from_mode(0o600)).map_err(io_err(&spec_dst))?;
 
     let meta = ImageMeta {
         format: FORMAT,
@@ -112,13 +113,18 @@ fn write_images(
     };
     image.write_json(META_FILE, &meta)?;
 
+    // CRIU's log goes to the state directory, where it outlives a failed dump.
+    let work = store.criu_work(&state.name);
+    fsutil::create_private_dir(&work).map_err(io_err(&work))?;
     let took = criu.dump(&DumpOptions {
         pid,
         images_dir: image.criu_dir(),
-        work_dir: image.path().to_path_buf(),
+        work_dir: work.clone(),
         leave_running,
         external_mounts: Vec::new(),
     })?;
+    let log = work.join(DUMP_LOG);
+    fs::copy(&log, image.path().join(DUMP_LOG)).map_err(io_err(log))?;
 
     // Everything reaches the disk before the directory gets its final name: after a reboot
     // it is all a restore has.
@@ -143,19 +149,13 @@ fn replace_dir(partial: &Path, dst: &Path, name: &str) -> Result<(), ContainerEr
     Ok(())
 }
 
-fn keep_log(store: &Store, name: &str, partial: &Path) {
-    let work = store.criu_work(name);
-    if fs::create_dir_all(&work).is_ok() {
-        let _ = fs::copy(partial.join(DUMP_LOG), work.join(DUMP_LOG));
-    }
-}
-
-/// Frozen time of the last dump in ms, read from CRIU's `stats-dump` image.
+/// Frozen time of the last dump in ms, read from the `stats-dump` file CRIU leaves in its work
+/// directory.
 ///
 /// The file holds CRIU's magic numbers, a 32-bit length and one protobuf `StatsEntry` whose
 /// field 1 is a `DumpStatsEntry` with `frozen_time` (µs) as field 2.
-pub fn dump_stats_frozen_ms(criu_dir: &Path) -> Option<f64> {
-    let data = fs::read(criu_dir.join("stats-dump")).ok()?;
+pub fn dump_stats_frozen_ms(work_dir: &Path) -> Option<f64> {
+    let data = fs::read(work_dir.join("stats-dump")).ok()?;
 
     let entry = [4usize, 8].into_iter().find_map(|off| {
         let len = u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?) as usize;

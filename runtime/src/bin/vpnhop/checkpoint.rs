@@ -72,7 +72,11 @@ fn print_stats(stats: &CheckpointStats, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string(stats)?),
         Format::Table => {
-            println!("frozen_ms    {:>10.1}", stats.frozen_ms);
+            let frozen = stats
+                .frozen_ms
+                .map(|ms| format!("{ms:.1}"))
+                .unwrap_or("-".into());
+            println!("frozen_ms    {frozen:>10}");
             println!("dump_ms      {:>10.1}", stats.dump_ms);
             println!("total_ms     {:>10.1}", stats.total_ms);
             println!("image_bytes  {:>10}", stats.image_bytes);

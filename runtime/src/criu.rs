@@ -94,6 +94,11 @@ impl Criu {
         })
     }
 
+    /// The binary.
+    pub fn path(&self) -> &Path {
+        &self.bin
+    }
+
     /// The version CRIU reported, e.g. `4.2.1`.
     pub fn version(&self) -> &str {
         &self.version

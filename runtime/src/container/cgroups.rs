@@ -28,11 +28,47 @@ fn manager(name: &str) -> Result<AnyCgroupManager, ContainerError> {
     .map_err(|e| cgroup_err(name)(Box::new(e)))
 }
 
-/// Kills whatever is left in the container's cgroups and deletes them.
+/// Kills whatever is left in the container's cgroups and deletes them, and the common `vpnhop`
+/// parent of each hierarchy once no container is left in it.
 pub(crate) fn remove(name: &str) -> Result<(), ContainerError> {
     manager(name)?
         .remove()
-        .map_err(|e| cgroup_err(name)(Box::new(e)))
+        .map_err(|e| cgroup_err(name)(Box::new(e)))?;
+
+    let path = cgroup_path(name);
+    let parent = path.parent().unwrap_or(Path::new("/vpnhop"));
+    let relative = parent.strip_prefix("/").unwrap_or(parent);
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for mount in cgroup_mounts(&mountinfo) {
+        // Fails harmlessly while another container still has its cgroup there.
+        let _ = fs::remove_dir(mount.join(relative));
+    }
+    Ok(())
+}
+
+/// Checks that the cgroup hierarchies are where libcgroups looks for them. `ip netns exec`
+/// mounts a fresh sysfs over /sys, hiding them: run vpnhop with `nsenter --net` there.
+pub fn check_cgroups() -> Result<(), ContainerError> {
+    libcgroups::common::get_cgroup_setup()
+        .map(|_| ())
+        .map_err(|e| ContainerError::NoCgroups {
+            source: Box::new(e),
+        })
+}
+
+fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            if matches!(fstype, "cgroup" | "cgroup2") {
+                Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Host pids of every process in the container's cgroups.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use cgroups::pids;
+pub use cgroups::{check_cgroups, pids};
 pub use checkpoint::{checkpoint, dump_stats_frozen_ms};
 pub use cleanup::{cleanup, teardown_after_exit};
 pub use create::create;
@@ -61,6 +61,16 @@ pub enum ContainerError {
     Cgroup {
         /// The cgroup path.
         path: PathBuf,
+        /// libcgroups' error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No cgroup hierarchy where libcgroups expects one.
+    #[error(
+        "no cgroup hierarchy at `/sys/fs/cgroup` (under `ip netns exec`, which remounts /sys? \
+         use `nsenter --net=/run/netns/NAME` instead)"
+    )]
+    NoCgroups {
         /// libcgroups' error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -32,6 +32,7 @@ pub struct Args {
 /// Restores the container under a new shim; prints its name.
 pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
     let criu = Criu::locate(&g.criu)?;
+    container::check_cgroups()?;
     let dir = absolute(&args.image_dir);
     let image = ImageDir::new(&dir);
     let meta = image.verify()?;
@@ -94,7 +95,7 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         "--image-dir".as_ref(),
         dir.as_os_str(),
         "--criu".as_ref(),
-        criu_path(&criu, g),
+        criu.path().as_os_str(),
     ];
     let ready = match spawn::start_shim(g, &name, &mode) {
         Ok((ready, _child)) => ready,
@@ -118,10 +119,6 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         print_stats(&stats, args.format)?;
     }
     Ok(())
-}
-
-fn criu_path<'a>(_criu: &Criu, g: &'a Globals) -> &'a std::ffi::OsStr {
-    g.criu.as_os_str()
 }
 
 /// A container of the same name that was checkpointed into this very image and no longer runs

@@ -40,6 +40,7 @@ pub struct Args {
 /// Creates and starts the container; prints its name.
 pub fn run(g: &Globals, args: Args) -> anyhow::Result<ExitCode> {
     let bundle = Bundle::load(&absolute(&args.bundle))?;
+    vpnhop::container::check_cgroups()?;
     let ports = if args.publish.is_empty() {
         bundle.default_ports()?
     } else {

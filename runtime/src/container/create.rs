@@ -35,7 +35,7 @@ pub fn create(
     let (shim_ends, container_ends) = stdio_pipes(name)?;
     let lc_err = |source| ContainerError::Libcontainer {
         name: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut container = ContainerBuilder::new(name.clone(), SyscallType::default())
         .with_root_path(store.libcontainer_root(name))

@@ -54,7 +54,7 @@ pub enum ContainerError {
         name: String,
         /// libcontainer's error.
         #[source]
-        source: libcontainer::error::LibcontainerError,
+        source: Box<libcontainer::error::LibcontainerError>,
     },
     /// A cgroup operation failed.
     #[error("cgroup `{path}`")]

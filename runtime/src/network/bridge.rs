@@ -24,7 +24,7 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
             .map_err(|source| NetError::Netlink {
                 op: "creating bridge",
                 object: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         tracing::debug!(bridge = %name, "bridge created");
     }
@@ -43,7 +43,7 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
             return Err(NetError::Netlink {
                 op: "adding gateway address to",
                 object: name.clone(),
-                source,
+                source: Box::new(source),
             })
         }
     }
@@ -53,7 +53,7 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
         .map_err(|source| NetError::Netlink {
             op: "bringing up",
             object: name.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -77,6 +77,6 @@ pub fn remove_bridge(name: &str) -> Result<(), NetError> {
         .map_err(|source| NetError::Netlink {
             op: "deleting bridge",
             object: name.to_string(),
-            source,
+            source: Box::new(source),
         })
 }

@@ -37,7 +37,7 @@ pub enum NetError {
         object: String,
         /// The kernel's answer.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// An interface we rely on does not exist.
     #[error("network interface `{0}` not found")]
@@ -73,7 +73,7 @@ pub enum NetError {
         table: String,
         /// The nft error.
         #[source]
-        source: nftables::helper::NftablesError,
+        source: Box<nftables::helper::NftablesError>,
     },
     /// The subnet has no address left for another container.
     #[error("no free address left in subnet `{0}`")]

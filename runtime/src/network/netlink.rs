@@ -100,7 +100,7 @@ impl Netlink {
             Err(source) => Err(NetError::Netlink {
                 op: "looking up",
                 object: name.into(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -119,16 +119,12 @@ impl Netlink {
             .map_err(|source| NetError::Netlink {
                 op: "listing links",
                 object: "*".into(),
-                source,
+                source: Box::new(source),
             })?;
 
         Ok(links
             .into_iter()
-            .filter(|l| {
-                l.attributes
-                    .iter()
-                    .any(|a| *a == LinkAttribute::Controller(master))
-            })
+            .filter(|l| l.attributes.contains(&LinkAttribute::Controller(master)))
             .map(|l| l.header.index)
             .collect())
     }

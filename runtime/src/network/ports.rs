@@ -154,7 +154,7 @@ pub fn install_ports(wiring: &Wiring) -> Result<(), NetError> {
 
     apply_ruleset(&ruleset(wiring).to_nftables()).map_err(|source| NetError::Nft {
         table: wiring.nft_table.clone(),
-        source,
+        source: Box::new(source),
     })?;
     tracing::debug!(table = %wiring.nft_table, ports = wiring.ports.len(), "ports published");
     Ok(())
@@ -174,7 +174,7 @@ pub fn remove_ports(wiring: &Wiring) -> Result<(), NetError> {
 
     apply_ruleset(&batch.to_nftables()).map_err(|source: NftablesError| NetError::Nft {
         table: wiring.nft_table.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -19,7 +19,11 @@ pub fn attach_container(wiring: &Wiring, netns: &Path) -> Result<(), NetError> {
     let host = Netlink::current()?;
     let err = |op, object: &str| {
         let object = object.to_string();
-        move |source| NetError::Netlink { op, object, source }
+        move |source| NetError::Netlink {
+            op,
+            object,
+            source: Box::new(source),
+        }
     };
 
     // The peer gets a temporary name unique on the host; it becomes `eth0` once inside.
@@ -113,7 +117,7 @@ pub fn remove_host_veth(name: &str) -> Result<(), NetError> {
         Err(source) => Err(NetError::Netlink {
             op: "deleting veth",
             object: name.into(),
-            source,
+            source: Box::new(source),
         }),
     }
 }

@@ -234,7 +234,7 @@ mod tests {
     fn frozen_time_is_read_from_a_stats_image() {
         // magic, magic, len, StatsEntry{ dump: DumpStatsEntry{ freezing_time: 5, frozen_time:
         // 94000 } }
-        let dump = [0x08, 0x05, 0x10, 0xd0, 0xdd, 0x05];
+        let dump = [0x08, 0x05, 0x10, 0xb0, 0xde, 0x05];
         let mut entry = vec![0x0a, dump.len() as u8];
         entry.extend_from_slice(&dump);
         let mut file = vec![1, 2, 3, 4, 5, 6, 7, 8];

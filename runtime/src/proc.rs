@@ -14,9 +14,10 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether `pid` is alive and still the process that started at `start` (when given).
+/// Whether `pid` is alive and still the process that started at `start` (when given). A zombie
+/// counts as dead: its parent may take a while to reap it.
 pub fn is_alive(pid: i32, start: Option<u64>) -> bool {
-    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() || is_zombie(pid) {
         return false;
     }
 

@@ -58,6 +58,9 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<ExitCode> {
 
     let state = {
         let _lock = g.store.lock_root()?;
+        if g.store.dir(&name).exists() {
+            return Err(vpnhop::state::StateError::AlreadyExists(name).into());
+        }
         let others = g.store.list()?;
         let wiring = plan_wiring(&others, &id, &args.bridge, args.subnet, ports)?;
         let state = ContainerState {

@@ -1,0 +1,444 @@
+//! Test world for the end-to-end tests: a "server host" and a "client" network namespace joined
+//! by a veth pair (203.0.113.1/24 and .2/24), a private state root and image directory, and an
+//! OpenVPN client. Everything is created by the test and removed on drop, also when it fails.
+//! Nothing touches the machine's root network namespace.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Set by scripts/test.sh: a test that would skip fails instead.
+pub const REQUIRE_ENV: &str = "VPNHOP_REQUIRE_PRIVILEGED";
+
+/// The `vpnhop` binary under test.
+pub fn vpnhop_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vpnhop"))
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// The OpenVPN bundle.
+pub fn bundle() -> PathBuf {
+    repo().join("bundles/openvpn")
+}
+
+/// The CRIU the runtime uses.
+pub fn criu_bin() -> PathBuf {
+    std::env::var_os("VPNHOP_CRIU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/vpnhop/criu/sbin/criu"))
+}
+
+/// Whether the end-to-end tests can run here; says why not, or panics under scripts/test.sh.
+pub fn privileged() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    if !criu_bin().is_file() {
+        missing.push(format!("CRIU at {}", criu_bin().display()));
+    }
+    if !Path::new("/usr/sbin/openvpn").is_file() {
+        missing.push("/usr/sbin/openvpn".to_string());
+    }
+    if !bundle().join("rootfs/usr/sbin/openvpn").is_file()
+        || !bundle().join("client.ovpn").is_file()
+    {
+        missing.push("the built bundle (bundles/openvpn/build.sh)".to_string());
+    }
+    if !vpnhop_bin().with_file_name("vpnhop-shim").is_file() {
+        missing.push("target/*/vpnhop-shim (cargo build --workspace)".to_string());
+    }
+
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("needs {}", missing.join(", "));
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("{REQUIRE_ENV}=1 but this end-to-end test {why}");
+    }
+    eprintln!("skipping end-to-end test: {why} (scripts/test.sh sets everything up)");
+    false
+}
+
+/// Skips the calling test (with a reason) unless the end-to-end environment is there.
+#[macro_export]
+macro_rules! require_privileged {
+    () => {
+        if !common::privileged() {
+            return;
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
+}
+
+fn sh_ok(cmd: &str) {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `ping -D` through the tunnel, its replies logged with timestamps.
+#[derive(Debug)]
+pub struct Pinger {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Pinger {
+    /// Timestamps (s since epoch) of the replies so far.
+    pub fn replies(&self) -> Vec<f64> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until a reply arrives later than `after` (s since epoch).
+    pub fn wait_reply_after(&self, after: f64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.replies().iter().any(|t| *t > after) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Largest interval between consecutive replies received after `after`, in ms.
+    pub fn max_gap_ms(&self, after: f64) -> f64 {
+        let replies: Vec<f64> = self.replies().into_iter().filter(|t| *t >= after).collect();
+        replies
+            .windows(2)
+            .map(|w| (w[1] - w[0]) * 1e3)
+            .fold(0.0, f64::max)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds since the epoch now.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The namespaces, directories and processes of one test.
+#[derive(Debug)]
+pub struct World {
+    /// Short unique tag, part of every name.
+    pub tag: String,
+    /// Server-host network namespace.
+    pub srv: String,
+    /// Client network namespace.
+    pub cli: String,
+    work: TempDir,
+    client: Option<Child>,
+}
+
+impl World {
+    /// Builds the two namespaces and the link between them.
+    pub fn new() -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let work = tempfile::Builder::new()
+            .prefix("vpnhop-test-")
+            .tempdir()
+            .expect("tempdir");
+        let world = World {
+            srv: format!("vpnhop-t{tag}-srv"),
+            cli: format!("vpnhop-t{tag}-cli"),
+            tag,
+            work,
+            client: None,
+        };
+
+        sh_ok(&format!(
+            "ip netns add {0} && ip netns add {1}",
+            world.srv, world.cli
+        ));
+        sh_ok(&format!(
+            "ip -n {} link set lo up && ip -n {} link set lo up",
+            world.srv, world.cli
+        ));
+        world.link_server_host();
+        fs::create_dir_all(world.images()).expect("image root");
+        world
+    }
+
+    /// The veth pair between the two hosts; the client end is named the same every time so a
+    /// running client keeps using it.
+    fn link_server_host(&self) {
+        let (s, c) = (format!("t{}s", self.tag), format!("t{}c", self.tag));
+        sh_ok(&format!(
+            "ip link add {s} netns {srv} type veth peer {c} netns {cli} && \
+             ip -n {srv} addr add 203.0.113.1/24 dev {s} && ip -n {srv} link set {s} up && \
+             ip -n {cli} addr add 203.0.113.2/24 dev {c} && ip -n {cli} link set {c} up",
+            srv = self.srv,
+            cli = self.cli
+        ));
+    }
+
+    /// The state root (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.work.path().join("root")
+    }
+
+    /// Where images go.
+    pub fn images(&self) -> PathBuf {
+        self.work.path().join("images")
+    }
+
+    /// A scratch path.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// A container name unique to this test (cgroup paths are host-wide).
+    pub fn name(&self, base: &str) -> String {
+        format!("{base}-{}", self.tag)
+    }
+
+    /// Runs `vpnhop --root ROOT ARGS` in the server host.
+    pub fn vpnhop(&self, args: &[&str]) -> Output {
+        self.vpnhop_with(&[], args)
+    }
+
+    /// Like [`World::vpnhop`] with global flags before the verb.
+    pub fn vpnhop_with(&self, globals: &[&str], args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.srv))
+            .arg(vpnhop_bin())
+            .arg("--root")
+            .arg(self.root())
+            .args(globals)
+            .args(args)
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running vpnhop")
+    }
+
+    /// Runs vpnhop and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.vpnhop(args);
+        assert!(
+            out.status.success(),
+            "vpnhop {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs vpnhop, insists on failure with exit code 1 and a one-line error; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.vpnhop(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "vpnhop {args:?}: stderr {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+        assert!(stderr.starts_with("vpnhop: "), "{stderr}");
+        stderr
+    }
+
+    /// `vpnhop inspect NAME` as JSON.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", name])).expect("inspect JSON")
+    }
+
+    /// Status of `name` as `ps --format json` shows it.
+    pub fn status(&self, name: &str) -> Option<String> {
+        let rows: serde_json::Value =
+            serde_json::from_str(&self.ok(&["ps", "--format", "json"])).expect("ps JSON");
+        rows.as_array()?
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["status"].as_str().map(String::from))
+    }
+
+    /// Starts `run -d` of the OpenVPN bundle publishing 1194/udp.
+    pub fn run_openvpn(&self, name: &str) {
+        let bundle = bundle();
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--subnet",
+            "198.51.100.0/24",
+            bundle.to_str().expect("utf-8 path"),
+        ]);
+    }
+
+    /// Starts the OpenVPN client in the client namespace and waits for its tunnel.
+    pub fn connect_client(&mut self) {
+        let log = self.path("client.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.cli, "openvpn", "--config"])
+            .arg(bundle().join("client.ovpn"))
+            .args(["--remote", "203.0.113.1", "1194", "--log"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the OpenVPN client");
+        self.client = Some(child);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.client_inits() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "client did not connect: {}",
+                self.client_log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The client's log.
+    pub fn client_log(&self) -> String {
+        fs::read_to_string(self.path("client.log")).unwrap_or_default()
+    }
+
+    /// How often the client completed its initialization (1 = never renegotiated).
+    pub fn client_inits(&self) -> usize {
+        self.client_log()
+            .matches("Initialization Sequence Completed")
+            .count()
+    }
+
+    /// Pings the server's tunnel address `count` times; true if any reply came.
+    pub fn ping(&self, count: u32) -> bool {
+        sh(&format!(
+            "ip netns exec {} ping -c {count} -i 0.2 -W 1 10.8.0.1",
+            self.cli
+        ))
+        .status
+        .success()
+    }
+
+    /// Starts pinging the server through the tunnel at 20 Hz.
+    pub fn start_pinger(&self) -> Pinger {
+        let log = self.path(&format!(
+            "ping-{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &self.cli, "ping", "-D", "-i", "0.05", "10.8.0.1",
+            ])
+            .stdout(fs::File::create(&log).expect("ping log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting ping");
+        Pinger { child, log }
+    }
+
+    /// A reboot, as far as the server host goes: its network namespace (bridge, veth, rules)
+    /// and the state root are destroyed, then the namespace and its link to the client are
+    /// built again. Only the image directory and the bundle survive.
+    pub fn reboot_server_host(&self) {
+        sh_ok(&format!("ip netns del {}", self.srv));
+        let _ = fs::remove_dir_all(self.root());
+        sh_ok(&format!(
+            "ip netns add {0} && ip -n {0} link set lo up",
+            self.srv
+        ));
+        self.link_server_host();
+    }
+
+    /// Links of the server host other than lo and the link to the client.
+    pub fn server_links(&self) -> Vec<String> {
+        let out = sh(&format!("ip -n {} -o link show", self.srv));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            })
+            .filter(|n| n != "lo" && *n != format!("t{}s", self.tag))
+            .collect()
+    }
+
+    /// nftables tables of the server host.
+    pub fn server_nft_tables(&self) -> String {
+        let out = sh(&format!(
+            "nsenter --net=/run/netns/{} nft list tables",
+            self.srv
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie (this host's init may take a
+/// while to reap orphans).
+pub fn alive(pid: i64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').map(|i| !stat[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Whether container `name` still has a cgroup in any hierarchy.
+pub fn has_cgroup(name: &str) -> bool {
+    ["memory", "devices", "pids", "cpuset", "freezer"]
+        .iter()
+        .any(|c| Path::new(&format!("/sys/fs/cgroup/{c}/vpnhop/{name}")).exists())
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            let _ = client.kill();
+            let _ = client.wait();
+        }
+
+        // Remove our containers while the namespace still exists, then the namespaces.
+        if let Ok(entries) = fs::read_dir(self.root()) {
+            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let _ = self.vpnhop(&["rm", "-f", &name]);
+            }
+        }
+        let _ = sh(&format!(
+            "ip netns del {} ; ip netns del {}",
+            self.srv, self.cli
+        ));
+    }
+}

@@ -1,1 +1,353 @@
+//! End-to-end tests of `checkpoint` and `restore`: the tunnel of a connected client survives a
+//! simulated reboot of the server host, and bad images or failing CRIU lose nothing.
+
 mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::World;
+
+/// Checkpoint, destroy everything but the image and the bundle, restore: several times over on
+/// one client session, which must never renegotiate.
+#[test]
+fn reboot_simulation_keeps_the_client_tunnel() {
+    require_privileged!();
+    let mut world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+    let image_arg = image.to_str().expect("utf-8 path");
+
+    world.run_openvpn(&name);
+    world.connect_client();
+    let pinger = world.start_pinger();
+    assert!(
+        pinger.wait_reply_after(common::now(), Duration::from_secs(5)),
+        "no ping replies"
+    );
+
+    for cycle in 1..=3 {
+        let before = world.inspect(&name);
+        let (pid, shim) = (
+            before["pid"].as_i64().expect("pid"),
+            before["shim_pid"].as_i64().expect("shim"),
+        );
+        let start = common::now();
+
+        let out = world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+        assert_eq!(out.trim(), image_arg);
+        assert!(image.join("manifest.json").is_file());
+
+        world.reboot_server_host();
+        assert!(
+            !common::alive(pid),
+            "container init {pid} survived the checkpoint"
+        );
+        assert!(!common::alive(shim), "shim {shim} survived the checkpoint");
+
+        let out = world.ok(&["restore", image_arg]);
+        assert_eq!(out.trim(), name);
+        assert_eq!(world.status(&name).as_deref(), Some("running"));
+        let restored_pid = world.inspect(&name)["pid"].as_i64().expect("pid");
+
+        assert!(
+            pinger.wait_reply_after(common::now(), Duration::from_secs(10)),
+            "cycle {cycle}: ping did not resume; client log:\n{}",
+            world.client_log()
+        );
+        println!(
+            "cycle {cycle}: client-visible gap {:.0} ms (pid {pid} -> {restored_pid})",
+            pinger.max_gap_ms(start - 1.0)
+        );
+    }
+
+    assert_eq!(
+        world.client_inits(),
+        1,
+        "the client renegotiated:\n{}",
+        world.client_log()
+    );
+}
+
+/// `--leave-running`: the container keeps serving during and after the dump, and its image can
+/// not be restored beside it.
+#[test]
+fn leave_running_keeps_serving_and_refuses_a_twin() {
+    require_privileged!();
+    let mut world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+    let image_arg = image.to_str().expect("utf-8 path");
+
+    world.run_openvpn(&name);
+    world.connect_client();
+    let pinger = world.start_pinger();
+    let start = common::now();
+
+    let out = world.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--print-stats",
+        "--format",
+        "json",
+        "--image-dir",
+        image_arg,
+        &name,
+    ]);
+    let stats: serde_json::Value =
+        serde_json::from_str(out.lines().nth(1).expect("stats line")).expect("stats JSON");
+    assert!(
+        stats["dump_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{stats}"
+    );
+    assert!(
+        stats["image_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{stats}"
+    );
+
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(
+        pinger.wait_reply_after(common::now(), Duration::from_secs(5)),
+        "tunnel broke"
+    );
+    println!("leave-running gap {:.0} ms", pinger.max_gap_ms(start));
+    assert_eq!(world.client_inits(), 1);
+
+    let err = world.fails(&["restore", "--name", &world.name("twin"), image_arg]);
+    assert!(
+        err.contains("still runs") && err.contains("second copy is refused"),
+        "{err}"
+    );
+    assert_eq!(world.status(&world.name("twin")), None);
+}
+
+/// A second restore of an image whose restored container runs is refused, and so is a restore
+/// under a name that another container holds.
+#[test]
+fn second_restore_and_taken_names_are_refused() {
+    require_privileged!();
+    let world = World::new();
+    let name = world.name("vpn");
+    let other = world.name("other");
+    let image = world.images().join(&name);
+    let image_arg = image.to_str().expect("utf-8 path");
+
+    world.run_openvpn(&name);
+    world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+    assert_eq!(world.status(&name).as_deref(), Some("checkpointed"));
+
+    // Another container holds the name asked for.
+    world.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &other,
+        "-p",
+        "1195:1194/udp",
+        "--subnet",
+        "198.51.100.0/24",
+        "bundles/openvpn",
+    ]);
+    let err = world.fails(&["restore", "--name", &other, image_arg]);
+    assert_eq!(
+        err,
+        format!("vpnhop: container name `{other}` is already in use; pass --name to restore under another")
+    );
+
+    // Restoring over its own checkpointed entry works once; then it runs and a second one is
+    // refused.
+    world.ok(&["restore", image_arg]);
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    let err = world.fails(&["restore", "--name", &world.name("again"), image_arg]);
+    assert!(
+        err.contains("already restored as container") && err.contains("refused"),
+        "{err}"
+    );
+    assert_eq!(world.status(&other).as_deref(), Some("running"));
+}
+
+/// Damaged image directories are detected before CRIU runs and are never modified.
+#[test]
+fn corrupt_and_partial_images_are_refused_untouched() {
+    require_privileged!();
+    let world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+
+    world.run_openvpn(&name);
+    world.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-dir",
+        image.to_str().expect("path"),
+        &name,
+    ]);
+    world.ok(&["rm", "-f", &name]);
+
+    // A truncated image file.
+    let truncated = world.images().join("truncated");
+    copy_dir(&image, &truncated);
+    let pages = fs::read_dir(truncated.join("criu"))
+        .expect("criu dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+        })
+        .expect("a pages image");
+    let len = fs::metadata(&pages).expect("stat").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let listing = listing(&truncated);
+    let err = world.fails(&["restore", truncated.to_str().expect("path")]);
+    assert!(
+        err.contains("is corrupt") && err.contains("does not match its checksum"),
+        "{err}"
+    );
+    assert_eq!(
+        listing,
+        self::listing(&truncated),
+        "the image directory was modified"
+    );
+
+    // A directory without its manifest (a checkpoint that never completed).
+    let partial = world.images().join("partial");
+    copy_dir(&image, &partial);
+    fs::remove_file(partial.join("manifest.json")).expect("rm manifest");
+    let listing = self::listing(&partial);
+    let err = world.fails(&["restore", partial.to_str().expect("path")]);
+    assert_eq!(
+        err,
+        format!(
+            "vpnhop: image directory `{}` is incomplete: manifest.json missing",
+            partial.display()
+        )
+    );
+    assert_eq!(
+        listing,
+        self::listing(&partial),
+        "the image directory was modified"
+    );
+
+    // Nothing was created for either attempt.
+    assert_eq!(world.status(&name), None);
+    assert_eq!(world.server_links(), Vec::<String>::new());
+    assert_eq!(world.server_nft_tables(), "");
+
+    // The intact image still restores.
+    world.ok(&["restore", image.to_str().expect("path")]);
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+}
+
+/// CRIU missing, or failing after it froze the container: a clear error, and the container keeps
+/// running and serving.
+#[test]
+fn failing_criu_leaves_the_container_running() {
+    require_privileged!();
+    let mut world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+    let image_arg = image.to_str().expect("utf-8 path");
+
+    world.run_openvpn(&name);
+    world.connect_client();
+
+    let out = world.vpnhop_with(
+        &["--criu", "/nonexistent/criu"],
+        &["checkpoint", "--image-dir", image_arg, &name],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        err,
+        "vpnhop: criu `/nonexistent/criu` not found: run scripts/setup.sh or pass --criu"
+    );
+
+    // A CRIU whose dump fails once the tree is frozen: an action script that fails at the
+    // network-lock step.
+    let script = world.path("fail-at-lock.sh");
+    fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = network-lock ] && exit 1\nexit 0\n",
+    )
+    .expect("script");
+    let wrapper = world.path("criu-failing");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = dump ]; then exec {} \"$@\" --action-script {}; fi\nexec {} \"$@\"\n",
+            common::criu_bin().display(),
+            script.display(),
+            common::criu_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    for path in [&script, &wrapper] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let wrapper_arg = wrapper.to_str().expect("path");
+    let out = world.vpnhop_with(
+        &["--criu", wrapper_arg],
+        &["checkpoint", "--image-dir", image_arg, &name],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("vpnhop: criu dump failed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!image.exists(), "a failed dump left an image directory");
+
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(
+        world.ping(3),
+        "the container stopped serving after the failed dump"
+    );
+    assert_eq!(world.client_inits(), 1);
+
+    // And the real thing still works afterwards.
+    world.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-dir",
+        image_arg,
+        &name,
+    ]);
+    assert!(image.join("manifest.json").is_file());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+/// Names, sizes and modification times of every file under `dir`.
+fn listing(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
+    let mut out = Vec::new();
+    for sub in [dir.to_path_buf(), dir.join("criu")] {
+        for entry in fs::read_dir(&sub).expect("readdir").flatten() {
+            let meta = entry.metadata().expect("stat");
+            if meta.is_file() {
+                use std::os::unix::fs::MetadataExt;
+                out.push((
+                    entry.path().display().to_string(),
+                    meta.len(),
+                    meta.mtime_nsec(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}

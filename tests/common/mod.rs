@@ -375,6 +375,20 @@ impl World {
     pub fn reboot_server_host(&self) {
         sh_ok(&format!("ip netns del {}", self.srv));
         let _ = fs::remove_dir_all(self.root());
+
+        // The client's end of the old link goes away once the kernel has dismantled the
+        // namespace, asynchronously.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sh(&format!("ip -n {} link show t{}c", self.cli, self.tag))
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "old link to the client never went away"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
         sh_ok(&format!(
             "ip netns add {0} && ip -n {0} link set lo up",
             self.srv

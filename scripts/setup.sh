@@ -30,8 +30,10 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 packages=(
     # vpnhop itself and the bundle
-    openvpn runc openssl ca-certificates tar iproute2 iptables nftables
-    iputils-ping libseccomp-dev pkg-config
+    openvpn openssl ca-certificates tar iproute2 iptables nftables
+    libseccomp-dev pkg-config util-linux
+    # the tests, the demo and the benchmark (runc is the start-up baseline)
+    iputils-ping shellcheck runc
     # tools this script uses
     curl xz-utils
     # CRIU at run time (libraries it links, plus python3 for criu-ns)

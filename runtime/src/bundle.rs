@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Arch, Capability, LinuxBuilder,
     LinuxCapabilitiesBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
-    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
 use thiserror::Error;
@@ -161,15 +162,18 @@ pub fn cgroup_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/vpnhop/{name}"))
 }
 
-/// Writes `spec` as `dir/config.json`, creating `dir`.
+/// Writes `spec` as `dir/config.json` (pretty-printed, atomically), creating `dir`.
 pub fn write_spec(dir: &Path, spec: &Spec) -> Result<(), BundleError> {
     let path = dir.join("config.json");
-    let wrap = |source| BundleError::Write {
+    let wrap = |e: std::io::Error| BundleError::Write {
         path: path.clone(),
-        source,
+        source: OciSpecError::Io(e),
     };
-    fs::create_dir_all(dir).map_err(|e| wrap(OciSpecError::Io(e)))?;
-    spec.save(&path).map_err(wrap)
+
+    fs::create_dir_all(dir).map_err(wrap)?;
+    let mut data = serde_json::to_vec_pretty(spec).map_err(|e| wrap(std::io::Error::other(e)))?;
+    data.push(b'\n');
+    crate::fsutil::write_atomic(&path, &data, 0o644).map_err(wrap)
 }
 
 fn check_host_devices(spec: &Spec) -> Result<(), BundleError> {
@@ -279,13 +283,13 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
             "/tmp",
             "tmpfs",
             "tmpfs",
-            &["nosuid", "nodev", "mode=1777", "size=16m"],
+            &["nosuid", "nodev", "noexec", "mode=1777", "size=16m"],
         )?,
         mount(
             "/run",
             "tmpfs",
             "tmpfs",
-            &["nosuid", "nodev", "mode=755", "size=16m"],
+            &["nosuid", "nodev", "noexec", "mode=755", "size=16m"],
         )?,
     ];
 
@@ -346,6 +350,7 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
         .resources(
             LinuxResourcesBuilder::default()
                 .devices(device_rules)
+                .pids(LinuxPidsBuilder::default().limit(128).build()?)
                 .build()?,
         )
         .masked_paths(get_default_maskedpaths())
@@ -377,16 +382,39 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
 /// The default seccomp profile: everything refused with EPERM except an allow list of system
 /// calls an ordinary service uses, in the spirit of the profiles of Docker and Podman. Module
 /// loading, kexec, mounting, namespace changes, ptrace, BPF, keyrings and clock setting are
-/// absent from it.
+/// absent from it; `clone` may not create namespaces; `clone3`, whose flags live in memory a
+/// filter cannot read, answers ENOSYS so that the C library falls back to `clone`.
 pub fn default_seccomp() -> Result<LinuxSeccomp, OciSpecError> {
+    let names = SECCOMP_ALLOW
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
     let allowed = LinuxSyscallBuilder::default()
-        .names(
-            SECCOMP_ALLOW
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
+        .names(names)
         .action(LinuxSeccompAction::ScmpActAllow)
+        .build()?;
+
+    let namespace_flags = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET) as u64;
+    let clone_without_namespaces = LinuxSyscallBuilder::default()
+        .names(vec!["clone".to_string()])
+        .action(LinuxSeccompAction::ScmpActAllow)
+        .args(vec![LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(namespace_flags)
+            .value_two(0u64)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()?])
+        .build()?;
+    let clone3_enosys = LinuxSyscallBuilder::default()
+        .names(vec!["clone3".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::ENOSYS as u32)
         .build()?;
 
     LinuxSeccompBuilder::default()
@@ -397,7 +425,7 @@ pub fn default_seccomp() -> Result<LinuxSeccomp, OciSpecError> {
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![allowed])
+        .syscalls(vec![allowed, clone_without_namespaces, clone3_enosys])
         .build()
 }
 
@@ -417,8 +445,6 @@ const SECCOMP_ALLOW: &[&str] = &[
     "clock_getres",
     "clock_gettime",
     "clock_nanosleep",
-    "clone",
-    "clone3",
     "close",
     "close_range",
     "connect",
@@ -704,6 +730,23 @@ mod tests {
         // A namespace given by path would be external to CRIU, and a tun device cannot be
         // restored into an external network namespace.
         assert!(namespaces.iter().all(|n| n.path().is_none()));
+    }
+
+    #[test]
+    fn seccomp_lets_clone_create_no_namespace() {
+        let seccomp = default_seccomp().expect("seccomp");
+        let syscalls = seccomp.syscalls().clone().expect("syscalls");
+        let clone = syscalls
+            .iter()
+            .find(|s| s.names() == &["clone".to_string()])
+            .expect("a rule for clone");
+        let arg = &clone.args().clone().expect("clone has an argument filter")[0];
+
+        assert_eq!(arg.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+        assert_ne!(arg.value() & libc::CLONE_NEWUSER as u64, 0);
+        assert_ne!(arg.value() & libc::CLONE_NEWNET as u64, 0);
+        assert_eq!(arg.value_two(), Some(0));
+        assert!(!SECCOMP_ALLOW.contains(&"clone") && !SECCOMP_ALLOW.contains(&"clone3"));
     }
 
     #[test]

@@ -311,6 +311,42 @@ fn failing_criu_leaves_the_container_running() {
     );
     assert_eq!(world.client_inits(), 1);
 
+    // A dump that succeeds but whose images cannot be kept (the directory made immutable behind
+    // CRIU's back): the stopped, network-locked container must be resumed.
+    let sealer = world.path("criu-unsealable");
+    fs::write(
+        &sealer,
+        format!(
+            "#!/bin/sh\n{criu} \"$@\" || exit $?\n\
+             if [ \"$1\" = dump ]; then\n\
+               while [ $# -gt 0 ]; do [ \"$1\" = --images-dir ] && chattr +i \"$(dirname \"$2\")\"; shift; done\n\
+             fi\n",
+            criu = common::criu_bin().display()
+        ),
+    )
+    .expect("sealer");
+    fs::set_permissions(&sealer, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = world.vpnhop_with(
+        &["--criu", sealer.to_str().expect("path")],
+        &["checkpoint", "--image-dir", image_arg, &name],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    for leftover in fs::read_dir(world.images()).expect("images").flatten() {
+        let _ = Command::new("chattr")
+            .arg("-i")
+            .arg(leftover.path())
+            .status();
+        let _ = fs::remove_dir_all(leftover.path());
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(
+        world.ping(3),
+        "the container was not resumed after an unsealable dump ({err}); shim log:\n{}",
+        fs::read_to_string(world.root().join(&name).join("shim.log")).unwrap_or_default()
+    );
+    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+
     // And the real thing still works afterwards.
     world.ok(&[
         "checkpoint",

@@ -220,7 +220,8 @@ ln -s "../lib/$multiarch/$loader" "$new/usr/lib64/$loader"
 
 install -m 0644 "$ca_bundle" "$new/etc/ssl/certs/ca-certificates.crt"
 
-# Minimal /etc: enough for `user nobody` / `group nogroup` and resolver
+# Minimal /etc: user and group databases (OpenVPN runs as root in its
+# namespaces, see server.conf) and resolver
 # lookups. glibc >= 2.34 has nss_files built in, so no libnss_* needed.
 printf '%s\n' 'root:x:0:0:root:/root:/usr/sbin/nologin' \
     'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin' >"$new/etc/passwd"

@@ -112,8 +112,8 @@ impl Criu {
 
     /// Restores the images in `opts.images_dir`; returns the wall time CRIU took.
     ///
-    /// `prepare` runs in the forked child before CRIU is executed: the restore uses it to enter
-    /// the container's cgroups and a private mount namespace.
+    /// `prepare` may add set-up to the command before it is spawned: the restore uses it to give
+    /// CRIU a private mount namespace and the container's stdio at known descriptors.
     pub fn restore<F>(&self, opts: &RestoreOptions, prepare: F) -> Result<Duration, CriuError>
     where
         F: FnMut(&mut Command) -> io::Result<()>,
@@ -301,6 +301,23 @@ pub fn restore_args(opts: &RestoreOptions) -> Vec<OsString> {
     args
 }
 
+/// The run id CRIU printed at the top of `log`.
+pub fn run_id(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines().find_map(|l| {
+        l.split_once("CRIU run id = ")
+            .map(|(_, id)| id.trim().to_string())
+    })
+}
+
+/// Name of the `inet` table of CRIU's nftables network lock for the run `run_id`, in the dumped
+/// network namespace. CRIU formats `inet CRIU-<run id>` into a 32-byte buffer, so the name is cut
+/// to what fits.
+pub fn lock_table(run_id: &str) -> String {
+    let full = format!("inet CRIU-{run_id}");
+    full[5..full.len().min(31)].to_string()
+}
+
 fn parse_version(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Version:"))
@@ -392,6 +409,24 @@ mod tests {
         assert!(args.contains("--inherit-fd fd[10]:pipe:[123]"), "{args}");
         assert!(args.contains("--root /b/rootfs"), "{args}");
         assert!(args.contains("--restore-detached"), "{args}");
+    }
+
+    #[test]
+    fn run_id_is_read_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        fs::write(
+            &log,
+            "(00.000000) CRIU run id = 85da424c-c067\n(00.1) Version: 4.2.1\n",
+        )
+        .expect("write");
+        assert_eq!(run_id(&log).as_deref(), Some("85da424c-c067"));
+    }
+
+    #[test]
+    fn lock_table_is_cut_like_criu_cuts_it() {
+        let id = "f53741c0-79f2-4bb1-9a7e-000000000000";
+        assert_eq!(lock_table(id), "CRIU-f53741c0-79f2-4bb1-9a");
     }
 
     #[test]

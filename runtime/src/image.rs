@@ -10,7 +10,8 @@
 //!   restored.json      written by a restore (not covered by the manifest)
 //! ```
 //!
-//! A checkpoint is written into `DIR.partial-PID` and renamed to `DIR` only once complete, so a
+//! A checkpoint is written into a sibling `.NAME.partial-PID` and renamed to `DIR` only once
+//! complete, so a
 //! directory called `DIR` is never half-written; the manifest lets a restore detect damage
 //! before CRIU runs.
 

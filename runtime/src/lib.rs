@@ -19,3 +19,15 @@ pub mod network;
 pub mod proc;
 pub mod shim;
 pub mod state;
+
+/// An error and its sources on one line, joined by ": ", as the CLI prints errors.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

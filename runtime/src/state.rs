@@ -245,7 +245,8 @@ impl Store {
 
         let mut states = Vec::new();
         for entry in entries.flatten() {
-            if !entry.path().is_dir() {
+            // Dot directories (`.failed`) hold no live container.
+            if !entry.path().is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -268,6 +269,19 @@ impl Store {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(io_err(&dir)(err)),
         }
+    }
+
+    /// After a failed `run` or `restore`: moves the container's directory, logs included, to
+    /// `ROOT/.failed/NAME` (replacing an older one) so the name is free again; returns where.
+    pub fn keep_failed(&self, name: &str) -> Result<PathBuf, StateError> {
+        let failed = self.root.join(".failed");
+        fs::create_dir_all(&failed).map_err(io_err(&failed))?;
+
+        let dst = failed.join(name);
+        let _ = fs::remove_dir_all(&dst);
+        let src = self.dir(name);
+        fs::rename(&src, &dst).map_err(io_err(&src))?;
+        Ok(dst)
     }
 
     /// Takes the per-container operation lock, waiting for a verb already under way.

@@ -172,7 +172,7 @@ impl Monitor {
             } => match self.checkpoint(&criu, &image_dir, leave_running) {
                 Ok(response) => response,
                 Err(err) => Response::Error {
-                    message: format!("{err:#}"),
+                    message: vpnhop::error_chain(&err),
                 },
             },
         }
@@ -251,8 +251,9 @@ impl Monitor {
     }
 }
 
-/// Waits for the init to exit. `__WALL`: libcontainer clones the init with CLONE_PARENT and no
-/// exit signal, so a plain waitpid would not see it.
+/// Waits for the init to exit. `__WALL` also sees a child whose exit signal is not SIGCHLD: the
+/// init is cloned with CLONE_PARENT (it inherits the exit signal of libcontainer's intermediate
+/// process) or created by CRIU, and neither is ours to choose.
 fn reap(pid: i32, exit: &Exit) {
     loop {
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {

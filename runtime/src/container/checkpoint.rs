@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::Utc;
+use nix::fcntl::{renameat2, RenameFlags};
+use nix::sys::signal::Signal;
 
 use super::{io_err, ContainerError};
-use crate::criu::{Criu, DumpOptions, DUMP_LOG};
+use crate::criu::{self, Criu, DumpOptions, DUMP_LOG};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, ProcessRef, Versions, FORMAT, META_FILE, SPEC_FILE};
+use crate::network;
 use crate::proc;
 use crate::shim::CheckpointStats;
 use crate::state::{ContainerState, Store};
@@ -20,8 +23,9 @@ use crate::state::{ContainerState, Store};
 /// The images are written into a sibling `.NAME.partial-PID` directory that is renamed to
 /// `image_dir` only once sealed, so `image_dir` is never half-written and a previous checkpoint
 /// there is replaced only by a complete one. Unless `leave_running`, CRIU leaves the tree
-/// stopped and the caller kills it. If CRIU fails, it resumes the tree: the container keeps
-/// running, and the partial directory is removed (its log is kept in the state directory).
+/// stopped and the caller kills it. If CRIU fails, it resumes the tree itself; if CRIU succeeds
+/// but the images cannot be sealed, the tree is resumed here. Either way the container keeps
+/// running and the partial directory is removed (CRIU's log stays in the state directory).
 pub fn checkpoint(
     store: &Store,
     state: &ContainerState,
@@ -51,16 +55,24 @@ pub fn checkpoint(
     let _ = fs::remove_dir_all(partial.path());
     partial.create()?;
 
-    let result = write_images(store, state, criu, &partial, pid, stdio, leave_running);
-    let dump_ms = match result {
+    let dump_ms = match write_images(store, state, criu, &partial, pid, stdio, leave_running) {
         Ok(ms) => ms,
-        Err(err) => {
+        Err(Failure { error, dumped }) => {
+            if dumped && !leave_running {
+                resume(store, state, pid);
+            }
             let _ = fs::remove_dir_all(partial.path());
-            return Err(err);
+            return Err(error);
         }
     };
 
-    replace_dir(partial.path(), image_dir, name)?;
+    if let Err(error) = replace_dir(partial.path(), image_dir) {
+        if !leave_running {
+            resume(store, state, pid);
+        }
+        let _ = fs::remove_dir_all(partial.path());
+        return Err(error);
+    }
     let stats = CheckpointStats {
         frozen_ms: dump_stats_frozen_ms(&store.criu_work(name)),
         dump_ms,
@@ -76,6 +88,21 @@ pub fn checkpoint(
     Ok(stats)
 }
 
+/// A failed checkpoint step, and whether CRIU had already dumped (and stopped) the tree.
+struct Failure {
+    error: ContainerError,
+    dumped: bool,
+}
+
+impl<E: Into<ContainerError>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            error: error.into(),
+            dumped: false,
+        }
+    }
+}
+
 fn write_images(
     store: &Store,
     state: &ContainerState,
@@ -84,10 +111,14 @@ fn write_images(
     pid: i32,
     stdio: Vec<String>,
     leave_running: bool,
-) -> Result<f64, ContainerError> {
+) -> Result<f64, Failure> {
     let spec_src = store.runtime_bundle(&state.name).join(SPEC_FILE);
     let spec_dst = image.path().join(SPEC_FILE);
-    fs::copy(&spec_src, &spec_dst).map_err(io_err(spec_src))?;
+    fs::copy(&spec_src, &spec_dst).map_err(|source| ContainerError::Copy {
+        from: spec_src.clone(),
+        to: spec_dst.clone(),
+        source,
+    })?;
     fs::set_permissions(&spec_dst, fs::Permissions::from_mode(0o600)).map_err(io_err(&spec_dst))?;
 
     let meta = ImageMeta {
@@ -123,30 +154,55 @@ fn write_images(
         leave_running,
         external_mounts: Vec::new(),
     })?;
-    let log = work.join(DUMP_LOG);
-    fs::copy(&log, image.path().join(DUMP_LOG)).map_err(io_err(log))?;
+    let dumped = |error: ContainerError| Failure {
+        error,
+        dumped: true,
+    };
+
+    let (from, to) = (work.join(DUMP_LOG), image.path().join(DUMP_LOG));
+    fs::copy(&from, &to).map_err(|source| dumped(ContainerError::Copy { from, to, source }))?;
 
     // Everything reaches the disk before the directory gets its final name: after a reboot
     // it is all a restore has.
-    image.seal()?;
+    image.seal().map_err(|e| dumped(e.into()))?;
     Ok(took.as_secs_f64() * 1e3)
 }
 
-/// Renames the complete `partial` directory to `dst`, replacing an older checkpoint there.
-fn replace_dir(partial: &Path, dst: &Path, name: &str) -> Result<(), ContainerError> {
-    let parent = dst.parent().unwrap_or(Path::new("/"));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+/// Undoes `--leave-stopped` after a dump whose images could not be kept: lifts CRIU's network
+/// lock (an `inet` table in the container's namespace) and continues every process of the
+/// container.
+fn resume(store: &Store, state: &ContainerState, pid: i32) {
+    let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    match criu::run_id(&store.criu_work(&state.name).join(DUMP_LOG)) {
+        Some(id) => {
+            if let Err(err) = network::remove_inet_table_in(&netns, &criu::lock_table(&id)) {
+                tracing::error!(container = %state.name, "lifting CRIU's network lock: {err}");
+            }
+        }
+        None => tracing::error!(container = %state.name, "no CRIU run id: network stays locked"),
+    }
 
-    let had_old = dst.exists();
-    if had_old {
-        fs::rename(dst, &old).map_err(io_err(dst))?;
+    for task in super::pids(&state.name) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(task), Signal::SIGCONT);
     }
-    fs::rename(partial, dst).map_err(io_err(dst))?;
-    fsutil::sync_dir(parent).map_err(io_err(parent))?;
-    if had_old {
-        let _ = fs::remove_dir_all(&old);
+    tracing::warn!(container = %state.name, "checkpoint abandoned, container resumed");
+}
+
+/// Renames the complete `partial` directory to `dst`. An older checkpoint at `dst` is swapped
+/// out in one atomic exchange and removed afterwards, so `dst` always names a complete image.
+fn replace_dir(partial: &Path, dst: &Path) -> Result<(), ContainerError> {
+    let parent = dst.parent().unwrap_or(Path::new("/"));
+
+    if dst.exists() {
+        renameat2(None, partial, None, dst, RenameFlags::RENAME_EXCHANGE)
+            .map_err(|errno| io_err(dst)(std::io::Error::from_raw_os_error(errno as i32)))?;
+        // `partial` now holds the old checkpoint.
+        let _ = fs::remove_dir_all(partial);
+    } else {
+        fs::rename(partial, dst).map_err(io_err(dst))?;
     }
-    Ok(())
+
+    fsutil::sync_dir(parent).map_err(io_err(parent))
 }
 
 /// Frozen time of the last dump in ms, read from the `stats-dump` file CRIU leaves in its work
@@ -256,7 +312,7 @@ mod tests {
         fs::create_dir(&partial).expect("new");
         fs::write(partial.join("new"), b"2").expect("new file");
 
-        replace_dir(&partial, &dst, "img").expect("replace");
+        replace_dir(&partial, &dst).expect("replace");
         assert!(dst.join("new").exists() && !dst.join("old").exists());
         assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 1);
     }

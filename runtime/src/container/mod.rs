@@ -95,6 +95,17 @@ pub enum ContainerError {
         #[source]
         source: io::Error,
     },
+    /// A file could not be copied.
+    #[error("copying `{from}` to `{to}`")]
+    Copy {
+        /// The source.
+        from: PathBuf,
+        /// The destination.
+        to: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The container has no init process on record.
     #[error("container `{0}` has no running process")]
     NotRunning(String),

@@ -12,7 +12,7 @@ use nix::sched::{unshare, CloneFlags};
 use oci_spec::runtime::Spec;
 
 use super::{cgroups, io_err, stdio_pipes, ContainerError, ShimStdio};
-use crate::bundle::{write_spec, BundleError};
+use crate::bundle::{cgroup_path, write_spec, BundleError};
 use crate::criu::{Criu, RestoreOptions};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, SPEC_FILE};
@@ -27,8 +27,9 @@ const INHERIT_FD_BASE: i32 = 100;
 /// restored init's host pid, the shim's ends of its new stdio pipes, and timings.
 ///
 /// Must run in the shim, a child subreaper: CRIU restores detached and the restored init is
-/// re-parented to the shim when CRIU exits. The image directory is only read. On failure the
-/// caller removes the host side with [`super::cleanup`].
+/// re-parented to the shim when CRIU exits. The image directory is only read (the shim adds its
+/// restore marker afterwards). On failure the caller removes the host side with
+/// [`super::cleanup`].
 pub fn restore(
     store: &Store,
     state: &ContainerState,
@@ -41,10 +42,14 @@ pub fn restore(
     let wiring = &state.network;
 
     let spec_path = image.path().join(SPEC_FILE);
-    let spec = Spec::load(&spec_path).map_err(|source| BundleError::Config {
+    let mut spec = Spec::load(&spec_path).map_err(|source| BundleError::Config {
         path: spec_path.clone(),
         source,
     })?;
+    // Restored under another name, the container gets that name's cgroups.
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(Some(cgroup_path(name)));
+    }
     write_spec(&store.runtime_bundle(name), &spec)?;
     let rootfs = spec
         .root()

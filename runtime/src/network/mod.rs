@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge};
-pub use ports::{install_ports, remove_ports};
+pub use ports::{install_ports, remove_inet_table_in, remove_ports};
 pub use veth::{attach_container, link_exists, remove_host_veth, wait_link_gone};
 
 /// Errors of the network wiring.
@@ -81,6 +81,36 @@ pub enum NetError {
     /// A subnet written by the user does not parse.
     #[error("invalid subnet `{0}`: expected IPV4/PREFIX with a prefix of 8 to 30")]
     BadSubnet(String),
+    /// A bridge is already in use with another subnet.
+    #[error("bridge `{bridge}` has subnet {existing} (container `{other}`), not {wanted}")]
+    SubnetMismatch {
+        /// The bridge.
+        bridge: String,
+        /// Its subnet.
+        existing: Ipv4Cidr,
+        /// The subnet asked for.
+        wanted: Ipv4Cidr,
+        /// A container using it.
+        other: String,
+    },
+    /// Another container has this address on the bridge.
+    #[error("address {address} on bridge `{bridge}` is taken by container `{other}`")]
+    AddressInUse {
+        /// The address.
+        address: Ipv4Addr,
+        /// The bridge.
+        bridge: String,
+        /// The container holding it.
+        other: String,
+    },
+    /// Another container publishes this port.
+    #[error("port {port} is already published by container `{other}`")]
+    PortInUse {
+        /// The mapping asked for.
+        port: PortMapping,
+        /// The container holding it.
+        other: String,
+    },
     /// A `--publish` value does not parse.
     #[error("invalid port mapping `{0}`: expected [HOSTIP:]HOSTPORT:CTRPORT[/udp|/tcp]")]
     BadPort(String),
@@ -276,6 +306,47 @@ impl Wiring {
     }
 }
 
+/// Checks that `wiring` can live beside the wirings of `others` (name, wiring) on this host: a
+/// bridge keeps the subnet it was made with, and addresses and published ports are not shared.
+pub fn check_conflicts<'a>(
+    wiring: &Wiring,
+    others: impl IntoIterator<Item = (&'a str, &'a Wiring)>,
+) -> Result<(), NetError> {
+    for (other, theirs) in others {
+        if theirs.bridge == wiring.bridge {
+            if theirs.subnet != wiring.subnet {
+                return Err(NetError::SubnetMismatch {
+                    bridge: wiring.bridge.clone(),
+                    existing: theirs.subnet,
+                    wanted: wiring.subnet,
+                    other: other.to_string(),
+                });
+            }
+            if theirs.address == wiring.address {
+                return Err(NetError::AddressInUse {
+                    address: wiring.address,
+                    bridge: wiring.bridge.clone(),
+                    other: other.to_string(),
+                });
+            }
+        }
+
+        let clash = wiring.ports.iter().find(|p| {
+            theirs
+                .ports
+                .iter()
+                .any(|q| q.host_port == p.host_port && q.protocol == p.protocol)
+        });
+        if let Some(port) = clash {
+            return Err(NetError::PortInUse {
+                port: *port,
+                other: other.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Turns on IPv4 forwarding in the current network namespace, as every bridge-based runtime
 /// must for DNAT to a container to work.
 pub fn enable_forwarding() -> Result<(), NetError> {
@@ -350,6 +421,29 @@ pub(crate) mod tests {
             w.host_veth.len() <= 15,
             "interface names are limited to 15 bytes"
         );
+    }
+
+    #[test]
+    fn conflicts_name_the_other_container() {
+        let mine = sample_wiring();
+        let mut theirs = sample_wiring();
+        theirs.ports = vec![];
+        let err = check_conflicts(&mine, [("a", &theirs)]).expect_err("same address");
+        assert!(matches!(err, NetError::AddressInUse { .. }), "{err}");
+
+        theirs.address = Ipv4Addr::new(198, 51, 100, 9);
+        check_conflicts(&mine, [("a", &theirs)]).expect("no conflict");
+
+        theirs.ports = mine.ports.clone();
+        let err = check_conflicts(&mine, [("a", &theirs)]).expect_err("same port");
+        assert_eq!(
+            err.to_string(),
+            "port 1194:1194/udp is already published by container `a`"
+        );
+
+        theirs.subnet = "192.0.2.0/24".parse().expect("cidr");
+        let err = check_conflicts(&mine, [("a", &theirs)]).expect_err("other subnet");
+        assert!(matches!(err, NetError::SubnetMismatch { .. }), "{err}");
     }
 
     #[test]

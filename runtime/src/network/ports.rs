@@ -178,6 +178,28 @@ pub fn remove_ports(wiring: &Wiring) -> Result<(), NetError> {
     })
 }
 
+/// Deletes table `inet NAME` inside the network namespace `netns` (a `/proc/PID/ns/net` path),
+/// if it exists (equivalent to `nsenter --net=NETNS nft delete table inet NAME`).
+pub fn remove_inet_table_in(netns: &std::path::Path, name: &str) -> Result<(), NetError> {
+    let table = NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: Cow::Owned(name.to_string()),
+        handle: None,
+    });
+    let mut batch = Batch::new();
+    batch.add(table.clone());
+    batch.delete(table);
+
+    let payload = serde_json::to_string(&batch.to_nftables()).unwrap_or_default();
+    let net = format!("--net={}", netns.display());
+    nftables::helper::apply_ruleset_raw(&payload, Some("nsenter"), [net.as_str(), "nft"])
+        .map(|_| ())
+        .map_err(|source| NetError::Nft {
+            table: name.to_string(),
+            source: Box::new(source),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

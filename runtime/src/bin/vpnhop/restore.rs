@@ -7,6 +7,7 @@ use vpnhop::container;
 use vpnhop::criu::Criu;
 use vpnhop::image::ImageDir;
 use vpnhop::name;
+use vpnhop::network;
 use vpnhop::shim::{Ready, RestoreStats};
 use vpnhop::state::{ContainerState, Status};
 
@@ -61,15 +62,18 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
 
     {
         let _lock = g.store.lock_root()?;
-        take_over_checkpointed(g, &name, &dir)?;
+        let carried_log = take_over_checkpointed(g, &name, &dir)?;
         let others = g.store.list()?;
         if let Some(other) = others.iter().find(|s| s.id == meta.id) {
+            // Same id, same veth and netfilter table names: `rm` of one would tear down the other.
             bail!(
-                "container `{}` has the id of image `{}` already",
+                "container `{}` already holds the id of image `{}`; remove it first",
                 other.name,
                 dir.display()
             );
         }
+        let named = others.iter().map(|s| (s.name.as_str(), &s.network));
+        network::check_conflicts(&meta.wiring, named)?;
         let state = ContainerState {
             name: name.clone(),
             id: meta.id.clone(),
@@ -88,6 +92,9 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
             checkpoint: Some(dir.clone()),
         };
         g.store.create(&state)?;
+        if let Some(log) = carried_log {
+            let _ = std::fs::rename(log, g.store.container_log(&name));
+        }
     }
 
     let mode = [
@@ -100,17 +107,19 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
     let ready = match spawn::start_shim(g, &name, &mode) {
         Ok((ready, _child)) => ready,
         Err(err) => {
-            let _ = g.store.remove(&name);
-            return Err(err);
+            return Err(match g.store.keep_failed(&name) {
+                Ok(kept) => err.context(format!("logs kept in `{}`", kept.display())),
+                Err(_) => err,
+            });
         }
     };
 
     let stats = match ready {
         Ready::Started { restore, .. } => restore.unwrap_or_default(),
-        Ready::Failed { message } => {
-            let _ = g.store.remove(&name);
-            bail!("{message}");
-        }
+        Ready::Failed { message } => match g.store.keep_failed(&name) {
+            Ok(kept) => bail!("{message}; logs kept in `{}`", kept.display()),
+            Err(_) => bail!("{message}"),
+        },
     };
 
     tracing::info!(container = %name, image_dir = %dir.display(), "restored");
@@ -122,12 +131,17 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
 }
 
 /// A container of the same name that was checkpointed into this very image and no longer runs
-/// is replaced by the restore (the usual checkpoint-then-restore on one host). Any other
-/// container of that name makes the restore fail: pass `--name`.
-fn take_over_checkpointed(g: &Globals, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+/// is replaced by the restore (the usual checkpoint-then-restore on one host); its container log
+/// is moved aside and returned, to be carried over. Any other container of that name makes the
+/// restore fail: pass `--name`.
+fn take_over_checkpointed(
+    g: &Globals,
+    name: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<PathBuf>> {
     let existing = match g.store.load(name) {
         Ok(state) => state,
-        Err(vpnhop::state::StateError::NotFound(_)) => return Ok(()),
+        Err(vpnhop::state::StateError::NotFound(_)) => return Ok(None),
         Err(err) => return Err(err.into()),
     };
 
@@ -137,9 +151,13 @@ fn take_over_checkpointed(g: &Globals, name: &str, dir: &std::path::Path) -> any
         bail!("container name `{name}` is already in use; pass --name to restore under another");
     }
 
+    // The container's earlier output stays with it.
     container::cleanup(&g.store, &existing)?;
+    let log = g.store.container_log(name);
+    let carried = g.store.root().join(format!(".{name}.container.log"));
+    let kept = std::fs::rename(&log, &carried).is_ok();
     g.store.remove(name)?;
-    Ok(())
+    Ok(kept.then_some(carried))
 }
 
 fn print_stats(stats: &RestoreStats, format: Format) -> anyhow::Result<()> {

@@ -4,12 +4,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::Utc;
 use vpnhop::bundle::Bundle;
 use vpnhop::config;
 use vpnhop::name;
-use vpnhop::network::{Ipv4Cidr, PortMapping, Wiring};
+use vpnhop::network::{self, Ipv4Cidr, PortMapping, Wiring};
 use vpnhop::shim::Ready;
 use vpnhop::state::{ContainerState, Status};
 
@@ -87,13 +87,17 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<ExitCode> {
     let (ready, mut shim) = match spawn::start_shim(g, &name, &["run".as_ref()]) {
         Ok(started) => started,
         Err(err) => {
-            let _ = g.store.remove(&name);
-            return Err(err);
+            return Err(match g.store.keep_failed(&name) {
+                Ok(kept) => err.context(format!("logs kept in `{}`", kept.display())),
+                Err(_) => err,
+            });
         }
     };
     if let Ready::Failed { message } = ready {
-        let _ = g.store.remove(&name);
-        bail!("{message}");
+        match g.store.keep_failed(&name) {
+            Ok(kept) => bail!("{message}; logs kept in `{}`", kept.display()),
+            Err(_) => bail!("{message}"),
+        }
     }
 
     println!("{name}");
@@ -117,33 +121,16 @@ pub fn plan_wiring(
     subnet: Ipv4Cidr,
     ports: Vec<PortMapping>,
 ) -> anyhow::Result<Wiring> {
-    let same_bridge: Vec<&ContainerState> = others
+    let used: Vec<Ipv4Addr> = others
         .iter()
         .filter(|s| s.network.bridge == bridge)
+        .map(|s| s.network.address)
         .collect();
+    let wiring = Wiring::plan(id, bridge, subnet, &used, ports)?;
 
-    if let Some(other) = same_bridge.iter().find(|s| s.network.subnet != subnet) {
-        bail!(
-            "bridge `{bridge}` has subnet {} (container `{}`), not {subnet}",
-            other.network.subnet,
-            other.name
-        );
-    }
-    for port in &ports {
-        let clash = others.iter().find(|s| {
-            s.network
-                .ports
-                .iter()
-                .any(|p| p.host_port == port.host_port && p.protocol == port.protocol)
-        });
-        if let Some(other) = clash {
-            bail!(
-                "port {port} is already published by container `{}`",
-                other.name
-            );
-        }
-    }
-
-    let used: Vec<Ipv4Addr> = same_bridge.iter().map(|s| s.network.address).collect();
-    Wiring::plan(id, bridge, subnet, &used, ports).context("planning the container's network")
+    network::check_conflicts(
+        &wiring,
+        others.iter().map(|s| (s.name.as_str(), &s.network)),
+    )?;
+    Ok(wiring)
 }

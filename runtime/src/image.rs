@@ -11,9 +11,8 @@
 //! ```
 //!
 //! A checkpoint is written into a sibling `.NAME.partial-PID` and renamed to `DIR` only once
-//! complete, so a
-//! directory called `DIR` is never half-written; the manifest lets a restore detect damage
-//! before CRIU runs.
+//! complete, so a directory called `DIR` is never half-written; the manifest lets a restore
+//! detect damage before CRIU runs.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -11,22 +11,24 @@ use std::time::Duration;
 use common::World;
 
 /// Checkpoint, destroy everything but the image and the bundle, restore: several times over on
-/// one client session, which must never renegotiate.
+/// the same client sessions, which must never renegotiate.
 #[test]
-fn reboot_simulation_keeps_the_client_tunnel() {
+fn reboot_simulation_keeps_the_client_tunnels() {
     require_privileged!();
-    let mut world = World::new();
+    let mut world = World::with_clients(2);
     let name = world.name("vpn");
     let image = world.images().join(&name);
     let image_arg = image.to_str().expect("utf-8 path");
 
     world.run_openvpn(&name);
-    world.connect_client();
-    let pinger = world.start_pinger();
-    assert!(
-        pinger.wait_reply_after(common::now(), Duration::from_secs(5)),
-        "no ping replies"
-    );
+    world.connect_clients();
+    let pingers = world.start_pingers();
+    for pinger in &pingers {
+        assert!(
+            pinger.wait_reply_after(common::now(), Duration::from_secs(5)),
+            "no replies"
+        );
+    }
 
     for cycle in 1..=3 {
         let before = world.inspect(&name);
@@ -52,23 +54,31 @@ fn reboot_simulation_keeps_the_client_tunnel() {
         assert_eq!(world.status(&name).as_deref(), Some("running"));
         let restored_pid = world.inspect(&name)["pid"].as_i64().expect("pid");
 
-        assert!(
-            pinger.wait_reply_after(common::now(), Duration::from_secs(10)),
-            "cycle {cycle}: ping did not resume; client log:\n{}",
-            world.client_log()
-        );
-        println!(
-            "cycle {cycle}: client-visible gap {:.0} ms (pid {pid} -> {restored_pid})",
-            pinger.max_gap_ms(start - 1.0)
-        );
+        let resumed = common::now();
+        for (pinger, client) in pingers.iter().zip(&world.clients) {
+            assert!(
+                pinger.wait_reply_after(resumed, Duration::from_secs(10)),
+                "cycle {cycle}: ping from {} did not resume; client log:\n{}",
+                client.addr,
+                client.log()
+            );
+            println!(
+                "cycle {cycle}: client {} gap {:.0} ms (server pid {pid} -> {restored_pid})",
+                client.addr,
+                pinger.max_gap_ms(start - 1.0)
+            );
+        }
     }
 
-    assert_eq!(
-        world.client_inits(),
-        1,
-        "the client renegotiated:\n{}",
-        world.client_log()
-    );
+    for client in &world.clients {
+        assert_eq!(
+            client.inits(),
+            1,
+            "client {} renegotiated:\n{}",
+            client.addr,
+            client.log()
+        );
+    }
 }
 
 /// `--leave-running`: the container keeps serving during and after the dump, and its image can

@@ -1,6 +1,6 @@
-//! Test world for the end-to-end tests: a "server host" and a "client" network namespace joined
-//! by a veth pair (203.0.113.1/24 and .2/24), a private state root and image directory, and an
-//! OpenVPN client. Everything is created by the test and removed on drop, also when it fails.
+//! Test world for the end-to-end tests: a "server host" network namespace whose LAN bridge
+//! (203.0.113.1/24) links it to one or more "client" namespaces (203.0.113.10, .11, ...), a
+//! private state root and image directory, and OpenVPN clients. Everything is created by the test and removed on drop, also when it fails.
 //! Nothing touches the machine's root network namespace.
 
 #![allow(dead_code)]
@@ -153,60 +153,130 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The namespaces, directories and processes of one test.
+/// One OpenVPN client host: its network namespace, its link to the server host's LAN, and the
+/// client process.
+#[derive(Debug)]
+pub struct ClientHost {
+    /// Network namespace.
+    pub ns: String,
+    /// Its address on the LAN.
+    pub addr: String,
+    /// Server-host end of its link (on the LAN bridge).
+    veth_srv: String,
+    /// Its own end.
+    veth_cli: String,
+    log: PathBuf,
+    process: Option<Child>,
+}
+
+impl ClientHost {
+    /// The client's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How often the client completed its initialization (1 = never renegotiated).
+    pub fn inits(&self) -> usize {
+        self.log()
+            .matches("Initialization Sequence Completed")
+            .count()
+    }
+
+    /// Starts pinging the server's tunnel address at 20 Hz from this client.
+    pub fn start_pinger(&self, log: PathBuf) -> Pinger {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "ping", "-D", "-i", "0.05", "10.8.0.1",
+            ])
+            .stdout(fs::File::create(&log).expect("ping log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting ping");
+        Pinger { child, log }
+    }
+}
+
+/// The namespaces, directories and processes of one test: a "server host" whose LAN bridge
+/// (`lan0`, 203.0.113.1/24) links it to one or more client hosts (203.0.113.10, .11, ...).
 #[derive(Debug)]
 pub struct World {
     /// Short unique tag, part of every name.
     pub tag: String,
     /// Server-host network namespace.
     pub srv: String,
-    /// Client network namespace.
-    pub cli: String,
+    /// The client hosts.
+    pub clients: Vec<ClientHost>,
     work: TempDir,
-    client: Option<Child>,
 }
 
 impl World {
-    /// Builds the two namespaces and the link between them.
+    /// A server host and one client host.
     pub fn new() -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{}{n}", std::process::id() % 100_000);
+        World::with_clients(1)
+    }
+
+    /// A server host and `n` client hosts (at most 100).
+    pub fn with_clients(n: usize) -> World {
+        let id = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{id}", std::process::id() % 100_000);
         let work = tempfile::Builder::new()
             .prefix("vpnhop-test-")
             .tempdir()
             .expect("tempdir");
+        let clients = (0..n)
+            .map(|i| ClientHost {
+                ns: format!("vpnhop-t{tag}-c{i}"),
+                addr: format!("203.0.113.{}", 10 + i),
+                veth_srv: format!("t{tag}s{i}"),
+                veth_cli: format!("t{tag}c{i}"),
+                log: work.path().join(format!("client{i}.log")),
+                process: None,
+            })
+            .collect();
         let world = World {
             srv: format!("vpnhop-t{tag}-srv"),
-            cli: format!("vpnhop-t{tag}-cli"),
             tag,
+            clients,
             work,
-            client: None,
         };
 
         sh_ok(&format!(
-            "ip netns add {0} && ip netns add {1}",
-            world.srv, world.cli
+            "ip netns add {0} && ip -n {0} link set lo up",
+            world.srv
         ));
-        sh_ok(&format!(
-            "ip -n {} link set lo up && ip -n {} link set lo up",
-            world.srv, world.cli
-        ));
-        world.link_server_host();
+        for c in &world.clients {
+            sh_ok(&format!(
+                "ip netns add {0} && ip -n {0} link set lo up",
+                c.ns
+            ));
+        }
+        world.build_lan();
         fs::create_dir_all(world.images()).expect("image root");
         world
     }
 
-    /// The veth pair between the two hosts; the client end is named the same every time so a
-    /// running client keeps using it.
-    fn link_server_host(&self) {
-        let (s, c) = (format!("t{}s", self.tag), format!("t{}c", self.tag));
+    /// The server host's LAN bridge and one link per client host. A client's own end keeps its
+    /// name and address every time, so a running client keeps using it; the bridge keeps its MAC
+    /// address, as a real host's network card would across a reboot, so the clients' neighbour
+    /// entries stay valid.
+    fn build_lan(&self) {
         sh_ok(&format!(
-            "ip link add {s} netns {srv} type veth peer {c} netns {cli} && \
-             ip -n {srv} addr add 203.0.113.1/24 dev {s} && ip -n {srv} link set {s} up && \
-             ip -n {cli} addr add 203.0.113.2/24 dev {c} && ip -n {cli} link set {c} up",
-            srv = self.srv,
-            cli = self.cli
+            "ip -n {0} link add lan0 address 02:00:5e:00:53:01 type bridge && ip -n {0} addr add 203.0.113.1/24 dev lan0 && \
+             ip -n {0} link set lan0 up",
+            self.srv
         ));
+        for c in &self.clients {
+            sh_ok(&format!(
+                "ip link add {s} netns {srv} type veth peer {cv} netns {cli} && \
+                 ip -n {srv} link set {s} master lan0 up && \
+                 ip -n {cli} addr add {addr}/24 dev {cv} && ip -n {cli} link set {cv} up",
+                s = c.veth_srv,
+                cv = c.veth_cli,
+                srv = self.srv,
+                cli = c.ns,
+                addr = c.addr
+            ));
+        }
     }
 
     /// The state root (`--root`).
@@ -304,101 +374,111 @@ impl World {
         ]);
     }
 
-    /// Starts the OpenVPN client in the client namespace and waits for its tunnel.
-    pub fn connect_client(&mut self) {
-        let log = self.path("client.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.cli, "openvpn", "--config"])
-            .arg(bundle().join("client.ovpn"))
-            .args(["--remote", "203.0.113.1", "1194", "--log"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the OpenVPN client");
-        self.client = Some(child);
+    /// Starts the OpenVPN client of every client host and waits for their tunnels.
+    pub fn connect_clients(&mut self) {
+        for c in &mut self.clients {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &c.ns, "openvpn", "--config"])
+                .arg(bundle().join("client.ovpn"))
+                .args(["--remote", "203.0.113.1", "1194", "--log"])
+                .arg(&c.log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting the OpenVPN client");
+            c.process = Some(child);
+        }
 
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.client_inits() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "client did not connect: {}",
-                self.client_log()
-            );
-            thread::sleep(Duration::from_millis(100));
+        for c in &self.clients {
+            while c.inits() == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "client did not connect: {}",
+                    c.log()
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
-    /// The client's log.
+    /// Connects the (first) client.
+    pub fn connect_client(&mut self) {
+        self.connect_clients();
+    }
+
+    /// The first client's log.
     pub fn client_log(&self) -> String {
-        fs::read_to_string(self.path("client.log")).unwrap_or_default()
+        self.clients[0].log()
     }
 
-    /// How often the client completed its initialization (1 = never renegotiated).
+    /// How often the first client completed its initialization (1 = never renegotiated).
     pub fn client_inits(&self) -> usize {
-        self.client_log()
-            .matches("Initialization Sequence Completed")
-            .count()
+        self.clients[0].inits()
     }
 
-    /// Pings the server's tunnel address `count` times; true if any reply came.
+    /// Pings the server's tunnel address `count` times from the first client; true if any
+    /// reply came.
     pub fn ping(&self, count: u32) -> bool {
+        let ns = &self.clients[0].ns;
         sh(&format!(
-            "ip netns exec {} ping -c {count} -i 0.2 -W 1 10.8.0.1",
-            self.cli
+            "ip netns exec {ns} ping -c {count} -i 0.2 -W 1 10.8.0.1"
         ))
         .status
         .success()
     }
 
-    /// Starts pinging the server through the tunnel at 20 Hz.
+    /// Starts pinging the server through the tunnel at 20 Hz from the first client.
     pub fn start_pinger(&self) -> Pinger {
-        let log = self.path(&format!(
-            "ping-{}.log",
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", &self.cli, "ping", "-D", "-i", "0.05", "10.8.0.1",
-            ])
-            .stdout(fs::File::create(&log).expect("ping log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting ping");
-        Pinger { child, log }
+        self.start_pingers().remove(0)
     }
 
-    /// A reboot, as far as the server host goes: its network namespace (bridge, veth, rules)
-    /// and the state root are destroyed, then the namespace and its link to the client are
-    /// built again. Only the image directory and the bundle survive.
+    /// One pinger per client host.
+    pub fn start_pingers(&self) -> Vec<Pinger> {
+        self.clients
+            .iter()
+            .map(|c| {
+                let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+                c.start_pinger(self.path(&format!("ping-{n}.log")))
+            })
+            .collect()
+    }
+
+    /// A reboot, as far as the server host goes: its network namespace (bridges, veths, rules)
+    /// and the state root are destroyed, then the namespace and its LAN are built again. Only
+    /// the image directory and the bundle survive.
     pub fn reboot_server_host(&self) {
         sh_ok(&format!("ip netns del {}", self.srv));
         let _ = fs::remove_dir_all(self.root());
 
-        // The client's end of the old link goes away once the kernel has dismantled the
+        // The clients' ends of the old links go away once the kernel has dismantled the
         // namespace, asynchronously.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while sh(&format!("ip -n {} link show t{}c", self.cli, self.tag))
-            .status
-            .success()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "old link to the client never went away"
-            );
-            thread::sleep(Duration::from_millis(10));
+        for c in &self.clients {
+            while sh(&format!("ip -n {} link show {}", c.ns, c.veth_cli))
+                .status
+                .success()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "old link to a client never went away"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
         }
+
         sh_ok(&format!(
             "ip netns add {0} && ip -n {0} link set lo up",
             self.srv
         ));
-        self.link_server_host();
+        self.build_lan();
     }
 
-    /// Links of the server host other than lo and the link to the client.
+    /// Links of the server host other than lo and the LAN.
     pub fn server_links(&self) -> Vec<String> {
         let out = sh(&format!("ip -n {} -o link show", self.srv));
+        let lan: Vec<&str> = self.clients.iter().map(|c| c.veth_srv.as_str()).collect();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
@@ -406,7 +486,7 @@ impl World {
                     .nth(1)
                     .map(|n| n.split('@').next().unwrap_or(n).to_string())
             })
-            .filter(|n| n != "lo" && *n != format!("t{}s", self.tag))
+            .filter(|n| n != "lo" && n != "lan0" && !lan.contains(&n.as_str()))
             .collect()
     }
 
@@ -438,21 +518,25 @@ pub fn has_cgroup(name: &str) -> bool {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut client) = self.client.take() {
-            let _ = client.kill();
-            let _ = client.wait();
+        for c in &mut self.clients {
+            if let Some(mut client) = c.process.take() {
+                let _ = client.kill();
+                let _ = client.wait();
+            }
         }
 
         // Remove our containers while the namespace still exists, then the namespaces.
         if let Ok(entries) = fs::read_dir(self.root()) {
             for entry in entries.flatten().filter(|e| e.path().is_dir()) {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let _ = self.vpnhop(&["rm", "-f", &name]);
+                if !name.starts_with('.') {
+                    let _ = self.vpnhop(&["rm", "-f", &name]);
+                }
             }
         }
-        let _ = sh(&format!(
-            "ip netns del {} ; ip netns del {}",
-            self.srv, self.cli
-        ));
+        let _ = sh(&format!("ip netns del {}", self.srv));
+        for c in &self.clients {
+            let _ = sh(&format!("ip netns del {}", c.ns));
+        }
     }
 }

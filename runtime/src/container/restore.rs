@@ -65,6 +65,7 @@ pub fn restore(
     network::ensure_bridge(wiring)?;
     network::enable_forwarding()?;
     network::install_ports(wiring)?;
+    network::seed_neighbour(wiring)?;
 
     let work = store.criu_work(name);
     fsutil::create_private_dir(&work).map_err(io_err(&work))?;

@@ -2,10 +2,11 @@
 
 use std::net::IpAddr;
 
+use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::{LinkBridge, LinkUnspec};
 
 use super::netlink::Netlink;
-use super::{NetError, Wiring};
+use super::{Mac, NetError, Wiring};
 
 fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(msg) if msg.code.map(|c| c.get()) == Some(-errno))
@@ -19,7 +20,9 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
     let name = &wiring.bridge;
 
     if nl.link(name)?.is_none() {
-        let msg = LinkBridge::new(name).build();
+        // A stable MAC, like a real host's card: neighbours' caches stay right across a reboot.
+        let mac = Mac::derived(name);
+        let msg = LinkBridge::new(name).address(mac.0.to_vec()).build();
         nl.run(nl.handle().link().add(msg).execute())
             .map_err(|source| NetError::Netlink {
                 op: "creating bridge",
@@ -55,6 +58,34 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
             object: name.clone(),
             source: Box::new(source),
         })
+}
+
+/// Tells the host the container's MAC address before the container can answer ARP itself
+/// (equivalent to `ip neigh replace ADDR lladdr MAC dev BRIDGE nud reachable`).
+///
+/// After a restore, the first packets for the container arrive while CRIU is still bringing it
+/// up; an ARP request sent then goes unanswered, and the kernel only asks again a second later.
+/// With the entry in place the packets go out at once.
+pub fn seed_neighbour(wiring: &Wiring) -> Result<(), NetError> {
+    let Some(mac) = wiring.inner_mac else {
+        return Ok(());
+    };
+    let nl = Netlink::current()?;
+    let index = nl.index(&wiring.bridge)?;
+
+    let request = nl
+        .handle()
+        .neighbours()
+        .add(index, IpAddr::V4(wiring.address))
+        .link_layer_address(&mac.0)
+        .state(NeighbourState::Reachable)
+        .replace()
+        .execute();
+    nl.run(request).map_err(|source| NetError::Netlink {
+        op: "adding neighbour entry for",
+        object: wiring.address.to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// Whether any interface is still attached to bridge `name`; false when it does not exist.

@@ -21,7 +21,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge};
+pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge, seed_neighbour};
 pub use ports::{install_ports, remove_inet_table_in, remove_ports};
 pub use veth::{attach_container, link_exists, remove_host_veth, wait_link_gone};
 
@@ -274,6 +274,61 @@ pub struct Wiring {
     pub ports: Vec<PortMapping>,
     /// nftables table holding this container's rules (family `ip`).
     pub nft_table: String,
+    /// MAC address of the container's end, fixed at creation so that the host can know it
+    /// before a restored container has said a word (see [`seed_neighbour`]).
+    #[serde(default)]
+    pub inner_mac: Option<Mac>,
+}
+
+/// A locally administered unicast MAC address, written `02:00:5e:00:53:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A stable address derived from `seed` (a container id or a bridge name).
+    pub fn derived(seed: &str) -> Mac {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(seed.as_bytes());
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&digest[..6]);
+        // Locally administered, unicast.
+        mac[0] = (mac[0] & 0xfc) | 0x02;
+        Mac(mac)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let bytes: Vec<u8> = s
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("invalid MAC address `{s}`"))?;
+        let mac: [u8; 6] = bytes
+            .try_into()
+            .map_err(|_| format!("invalid MAC address `{s}`"))?;
+        Ok(Mac(mac))
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
 }
 
 impl Wiring {
@@ -302,6 +357,7 @@ impl Wiring {
             inner_veth: "eth0".to_string(),
             ports,
             nft_table: format!("vpnhop_{short}"),
+            inner_mac: Some(Mac::derived(id)),
         })
     }
 }
@@ -444,6 +500,16 @@ pub(crate) mod tests {
         theirs.subnet = "192.0.2.0/24".parse().expect("cidr");
         let err = check_conflicts(&mine, [("a", &theirs)]).expect_err("other subnet");
         assert!(matches!(err, NetError::SubnetMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        let a = Mac::derived("0123456789abcdef");
+        assert_eq!(a, Mac::derived("0123456789abcdef"));
+        assert_ne!(a, Mac::derived("fedcba9876543210"));
+        assert_eq!(a.0[0] & 0x03, 0x02, "not locally administered unicast: {a}");
+        assert_eq!(Mac::try_from(a.to_string()), Ok(a));
+        assert!(Mac::try_from("02:00".to_string()).is_err());
     }
 
     #[test]

@@ -57,9 +57,11 @@ pub fn attach_container(wiring: &Wiring, netns: &Path) -> Result<(), NetError> {
 
     let inner = Netlink::in_netns(netns)?;
     let index = inner.index(&tmp_peer)?;
-    let rename = LinkUnspec::new_with_index(index)
-        .name(wiring.inner_veth.clone())
-        .build();
+    let mut rename = LinkUnspec::new_with_index(index).name(wiring.inner_veth.clone());
+    if let Some(mac) = wiring.inner_mac {
+        rename = rename.address(mac.0.to_vec());
+    }
+    let rename = rename.build();
     inner
         .run(inner.handle().link().set(rename).execute())
         .map_err(err("renaming", &tmp_peer))?;

@@ -10,6 +10,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 criu_prefix=/opt/vpnhop/criu
 criu_bin=$criu_prefix/sbin/criu
+criu_rundir=/run/vpnhop-criu
 build_dir=/var/cache/vpnhop/criu-build
 src_list=/etc/apt/sources.list.d/vpnhop-criu-src.sources
 
@@ -149,7 +150,11 @@ build_criu() {
     [[ -d $src ]] || die "unexpected tarball layout: $src missing"
 
     # NO_GNUTLS: no TLS page-server needed, one build dep less.
-    local make_args=(NO_GNUTLS=1 PYTHON=/usr/bin/python3 PREFIX="$criu_prefix")
+    # RUNDIR: where CRIU caches its kernel feature probe (criu.kdat). CRIU
+    # keeps the cache only on a tmpfs, and /run is not one on every host;
+    # vpnhop makes this directory a tmpfs where needed (docs/criu.md).
+    local make_args=(NO_GNUTLS=1 PYTHON=/usr/bin/python3 PREFIX="$criu_prefix"
+        RUNDIR="$criu_rundir")
     log "building criu $ver (takes a couple of minutes; log: $build_dir/build.log)"
     if ! make -C "$src" -j"$(nproc)" "${make_args[@]}" criu >"$build_dir/build.log" 2>&1; then
         tail -n 30 "$build_dir/build.log" >&2
@@ -163,6 +168,11 @@ build_criu() {
 }
 
 have=$(criu_version)
+# A binary built before the RUNDIR setting existed is rebuilt once.
+if [[ $have == 4.* ]] && ! grep -qa "$criu_rundir" "$criu_bin"; then
+    log "criu $have in $criu_prefix predates the kdat cache directory: rebuilding"
+    have=
+fi
 if [[ $have == 4.* ]]; then
     log "criu $have already in $criu_prefix"
 else

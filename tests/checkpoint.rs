@@ -91,6 +91,9 @@ fn leave_running_keeps_serving_and_refuses_a_twin() {
     let image = world.images().join(&name);
     let image_arg = image.to_str().expect("utf-8 path");
 
+    // A server host whose loopback is down, as in a fresh `ip netns add`: CRIU needs it up.
+    common::sh_ok(&format!("ip -n {} link set lo down", world.srv));
+
     world.run_openvpn(&name);
     world.connect_client();
     let pinger = world.start_pinger();

@@ -15,8 +15,9 @@ pub const DEFAULT_CRIU: &str = "/opt/vpnhop/criu/sbin/criu";
 /// Bridge that container veths are attached to unless `--bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "vpnhop0";
 
-/// Subnet of the default bridge; the bridge takes the first host address.
-pub const DEFAULT_SUBNET: &str = "10.88.0.0/24";
+/// Subnet of the default bridge; the bridge takes the first host address. (Podman's default
+/// network is 10.88.0.0/16; this one stays clear of it.)
+pub const DEFAULT_SUBNET: &str = "10.66.0.0/24";
 
 /// Path of the `criu` binary: `$VPNHOP_CRIU`, else [`DEFAULT_CRIU`].
 pub fn criu_path() -> PathBuf {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::mount::{mount, MsFlags};
 use thiserror::Error;
 
 /// Errors of CRIU invocations.
@@ -141,6 +142,7 @@ impl Criu {
                 .join(" ")
         );
 
+        prepare_kdat_cache();
         let mut cmd = Command::new(&self.bin);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -182,6 +184,40 @@ impl Criu {
             log: log.to_path_buf(),
             tail,
         })
+    }
+}
+
+/// Where our CRIU keeps its kernel feature cache (`criu.kdat`), set when it is built
+/// (`RUNDIR`, see scripts/setup.sh).
+pub const KDAT_DIR: &str = "/run/vpnhop-criu";
+
+/// Makes [`KDAT_DIR`] a tmpfs unless it is on one already. CRIU keeps its probe of kernel
+/// features (~30 ms per call) only on a tmpfs, so that a reboot discards it; where /run is not a
+/// tmpfs every dump and restore would probe again.
+fn prepare_kdat_cache() {
+    let dir = Path::new(KDAT_DIR);
+    if let Err(err) = fs::create_dir_all(dir) {
+        tracing::warn!(dir = KDAT_DIR, "CRIU cache directory: {err}");
+        return;
+    }
+
+    let on_tmpfs = nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false);
+    if on_tmpfs {
+        return;
+    }
+
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        flags,
+        Some("size=1m,mode=0700"),
+    ) {
+        Ok(()) => tracing::debug!(dir = KDAT_DIR, "tmpfs mounted for CRIU's cache"),
+        Err(err) => tracing::warn!(dir = KDAT_DIR, "mounting a tmpfs for CRIU's cache: {err}"),
     }
 }
 

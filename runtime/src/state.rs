@@ -261,8 +261,10 @@ impl Store {
         Ok(states)
     }
 
-    /// Removes the directory of `name` and everything in it.
+    /// Removes the directory of `name` and everything in it, and the logs of a failed attempt
+    /// kept under that name.
     pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        let _ = fs::remove_dir_all(self.root.join(".failed").join(name));
         let dir = self.dir(name);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

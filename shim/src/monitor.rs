@@ -59,6 +59,8 @@ pub struct Monitor {
     stdio: ShimStdio,
     exit: Arc<Exit>,
     checkpointed: Option<PathBuf>,
+    /// A checkpointed container whose host side is to be removed after answering.
+    teardown: Option<vpnhop::state::ContainerState>,
 }
 
 impl Monitor {
@@ -71,6 +73,7 @@ impl Monitor {
             stdio,
             exit: Arc::default(),
             checkpointed: None,
+            teardown: None,
         }
     }
 
@@ -155,7 +158,18 @@ impl Monitor {
         };
         let mut text = serde_json::to_string(&response).map_err(io::Error::other)?;
         text.push('\n');
-        (&stream).write_all(text.as_bytes())
+        let written = (&stream).write_all(text.as_bytes());
+        drop(stream);
+
+        // After a checkpoint the client has its answer; the host side is removed now, out of
+        // the time a reboot waits for.
+        if let Some(state) = self.teardown.take() {
+            self.exit.wait(Duration::from_secs(30));
+            if let Err(err) = container::teardown_after_exit(&state) {
+                tracing::warn!(container = %self.name, "host teardown after checkpoint: {err:#}");
+            }
+        }
+        written
     }
 
     fn answer(&mut self, request: Request) -> Response {
@@ -214,17 +228,15 @@ impl Monitor {
 
         let stats = container::checkpoint(&self.store, &state, &criu, image_dir, leave_running)?;
 
-        if !leave_running {
-            // CRIU left the tree stopped; the images are sealed, so it can go.
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-            self.exit.wait(Duration::from_secs(30));
-            if let Err(err) = container::teardown_after_exit(&state) {
-                tracing::warn!(container = %self.name, "host teardown after checkpoint: {err:#}");
-            }
-            self.checkpointed = Some(image_dir.to_path_buf());
-        }
-
         state.checkpoint = Some(image_dir.to_path_buf());
+        if !leave_running {
+            // CRIU left the tree stopped; the images are sealed, so it can go. Its host side
+            // is removed once the answer is out (see `handle`).
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            state.status = Status::Checkpointed;
+            self.checkpointed = Some(image_dir.to_path_buf());
+            self.teardown = Some(state.clone());
+        }
         self.store.save(&state)?;
         Ok(Response::Checkpointed {
             image_dir: image_dir.to_path_buf(),

@@ -1,7 +1,8 @@
 //! Test world for the end-to-end tests: a "server host" network namespace whose LAN bridge
 //! (203.0.113.1/24) links it to one or more "client" namespaces (203.0.113.10, .11, ...), a
-//! private state root and image directory, and OpenVPN clients. Everything is created by the test and removed on drop, also when it fails.
-//! Nothing touches the machine's root network namespace.
+//! private state root and image directory, and OpenVPN clients. Everything is created by the
+//! test and removed on drop, also when it fails. Nothing touches the machine's root network
+//! namespace. The benchmark (`runtime/benches/downtime.rs`) builds its worlds with this too.
 
 #![allow(dead_code)]
 
@@ -86,11 +87,13 @@ macro_rules! require_privileged {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn sh(cmd: &str) -> Output {
+/// Runs `cmd` with sh.
+pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
 
-fn sh_ok(cmd: &str) {
+/// Runs `cmd` with sh and insists on success.
+pub fn sh_ok(cmd: &str) {
     let out = sh(cmd);
     assert!(
         out.status.success(),
@@ -202,10 +205,16 @@ impl ClientHost {
 pub struct World {
     /// Short unique tag, part of every name.
     pub tag: String,
-    /// Server-host network namespace.
+    /// Server-host network namespace (a new one after each simulated reboot).
     pub srv: String,
     /// The client hosts.
     pub clients: Vec<ClientHost>,
+    /// Reboots so far: part of the server host's namespace name.
+    generation: u32,
+    /// The next server host, built ahead of a reboot.
+    next: Option<String>,
+    /// Server hosts of earlier boots, deleted once they are out of the way.
+    retired: Vec<String>,
     work: TempDir,
 }
 
@@ -234,37 +243,39 @@ impl World {
             })
             .collect();
         let world = World {
-            srv: format!("vpnhop-t{tag}-srv"),
+            srv: format!("vpnhop-t{tag}-srv0"),
             tag,
             clients,
+            generation: 0,
+            next: None,
+            retired: Vec::new(),
             work,
         };
 
-        sh_ok(&format!(
-            "ip netns add {0} && ip -n {0} link set lo up",
-            world.srv
-        ));
         for c in &world.clients {
             sh_ok(&format!(
                 "ip netns add {0} && ip -n {0} link set lo up",
                 c.ns
             ));
         }
-        world.build_lan();
+        World::build_host(&world.srv);
+        world.link_clients();
         fs::create_dir_all(world.images()).expect("image root");
         world
     }
 
-    /// The server host's LAN bridge and one link per client host. A client's own end keeps its
-    /// name and address every time, so a running client keeps using it; the bridge keeps its MAC
-    /// address, as a real host's network card would across a reboot, so the clients' neighbour
-    /// entries stay valid.
-    fn build_lan(&self) {
+    /// A server host: its namespace and its LAN bridge, which keeps its MAC address across
+    /// reboots as a real host's network card would, so the clients' neighbour caches stay right.
+    fn build_host(ns: &str) {
         sh_ok(&format!(
-            "ip -n {0} link add lan0 address 02:00:5e:00:53:01 type bridge && ip -n {0} addr add 203.0.113.1/24 dev lan0 && \
-             ip -n {0} link set lan0 up",
-            self.srv
+            "ip netns add {ns} && ip -n {ns} link set lo up && \
+             ip -n {ns} link add lan0 address 02:00:5e:00:53:01 type bridge && \
+             ip -n {ns} addr add 203.0.113.1/24 dev lan0 && ip -n {ns} link set lan0 up"
         ));
+    }
+
+    /// One link per client host into the LAN of the server host.
+    fn link_clients(&self) {
         for c in &self.clients {
             sh_ok(&format!(
                 "ip link add {s} netns {srv} type veth peer {cv} netns {cli} && \
@@ -445,34 +456,46 @@ impl World {
             .collect()
     }
 
-    /// A reboot, as far as the server host goes: its network namespace (bridges, veths, rules)
-    /// and the state root are destroyed, then the namespace and its LAN are built again. Only
-    /// the image directory and the bundle survive.
-    pub fn reboot_server_host(&self) {
-        sh_ok(&format!("ip netns del {}", self.srv));
+    /// A reboot, as far as the server host goes: [`World::prepare_reboot`], then
+    /// [`World::switch_host`], and the old host deleted at once.
+    pub fn reboot_server_host(&mut self) {
+        self.prepare_reboot();
+        self.switch_host();
+        self.delete_retired();
+    }
+
+    /// Builds the server host of the next boot: a fresh namespace with its LAN bridge, nothing
+    /// else. Done ahead of the checkpoint, as a real machine's next boot has its network up
+    /// before the restore runs; keeping it out of the measured gap.
+    pub fn prepare_reboot(&mut self) {
+        let next = format!("vpnhop-t{}-srv{}", self.tag, self.generation + 1);
+        World::build_host(&next);
+        self.next = Some(next);
+    }
+
+    /// The reboot itself: the clients' links move to the prepared host in one step each, and
+    /// the state root is wiped. The old host (its bridge, veths and rules) is retired, out of
+    /// service; only the image directory and the bundle carry over.
+    pub fn switch_host(&mut self) {
+        let next = self.next.take().expect("prepare_reboot first");
+        for c in &self.clients {
+            sh_ok(&format!(
+                "ip -n {old} link set {s} netns {next} && ip -n {next} link set {s} master lan0 up",
+                old = self.srv,
+                s = c.veth_srv
+            ));
+        }
         let _ = fs::remove_dir_all(self.root());
 
-        // The clients' ends of the old links go away once the kernel has dismantled the
-        // namespace, asynchronously.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for c in &self.clients {
-            while sh(&format!("ip -n {} link show {}", c.ns, c.veth_cli))
-                .status
-                .success()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "old link to a client never went away"
-                );
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
+        self.retired.push(std::mem::replace(&mut self.srv, next));
+        self.generation += 1;
+    }
 
-        sh_ok(&format!(
-            "ip netns add {0} && ip -n {0} link set lo up",
-            self.srv
-        ));
-        self.build_lan();
+    /// Deletes the namespaces of earlier boots.
+    pub fn delete_retired(&mut self) {
+        for ns in self.retired.drain(..) {
+            let _ = sh(&format!("ip netns del {ns}"));
+        }
     }
 
     /// Links of the server host other than lo and the LAN.
@@ -534,7 +557,11 @@ impl Drop for World {
                 }
             }
         }
+        self.delete_retired();
         let _ = sh(&format!("ip netns del {}", self.srv));
+        if let Some(next) = self.next.take() {
+            let _ = sh(&format!("ip netns del {next}"));
+        }
         for c in &self.clients {
             let _ = sh(&format!("ip netns del {}", c.ns));
         }

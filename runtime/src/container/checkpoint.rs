@@ -144,6 +144,8 @@ fn write_images(
     };
     image.write_json(META_FILE, &meta)?;
 
+    network::ensure_loopback_up()?;
+
     // CRIU's log goes to the state directory, where it outlives a failed dump.
     let work = store.criu_work(&state.name);
     fsutil::create_private_dir(&work).map_err(io_err(&work))?;

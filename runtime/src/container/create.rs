@@ -29,6 +29,7 @@ pub fn create(
 
     network::ensure_bridge(wiring)?;
     network::enable_forwarding()?;
+    network::ensure_loopback_up()?;
     network::install_ports(wiring)?;
     tracing::info!(container = %name, bridge = %wiring.bridge, "host side ready");
 

@@ -64,6 +64,7 @@ pub fn restore(
     }
     network::ensure_bridge(wiring)?;
     network::enable_forwarding()?;
+    network::ensure_loopback_up()?;
     network::install_ports(wiring)?;
     network::seed_neighbour(wiring)?;
 

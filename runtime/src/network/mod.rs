@@ -403,6 +403,32 @@ pub fn check_conflicts<'a>(
     Ok(())
 }
 
+/// Brings up `lo` in the current network namespace if it is down: CRIU binds sockets on it to
+/// probe the kernel, and fails in a namespace where it is down (a fresh `ip netns add` one).
+pub fn ensure_loopback_up() -> Result<(), NetError> {
+    let nl = netlink::Netlink::current()?;
+    let Some(lo) = nl.link("lo")? else {
+        return Err(NetError::LinkNotFound("lo".to_string()));
+    };
+    let up = lo
+        .header
+        .flags
+        .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+    if up {
+        return Ok(());
+    }
+
+    let msg = rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+        .up()
+        .build();
+    nl.run(nl.handle().link().set(msg).execute())
+        .map_err(|source| NetError::Netlink {
+            op: "bringing up",
+            object: "lo".to_string(),
+            source: Box::new(source),
+        })
+}
+
 /// Turns on IPv4 forwarding in the current network namespace, as every bridge-based runtime
 /// must for DNAT to a container to work.
 pub fn enable_forwarding() -> Result<(), NetError> {

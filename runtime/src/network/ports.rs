@@ -72,15 +72,22 @@ fn rule(table: &str, chain: &'static str, expr: Vec<Statement<'static>>) -> NfLi
 ///                       snat to HOSTIP:HOSTPORT | masquerade to :HOSTPORT }
 /// }
 /// ```
+///
+/// The batch first deletes a table of that name left by an earlier run (`add` then `delete`
+/// makes that succeed whether or not it exists), so the whole replacement is one atomic
+/// transaction and one `nft` process.
 pub(crate) fn ruleset(wiring: &Wiring) -> Batch<'static> {
     let table = wiring.nft_table.as_str();
     let mut batch = Batch::new();
 
-    batch.add(NfListObject::Table(Table {
+    let table_obj = NfListObject::Table(Table {
         family: NfFamily::IP,
         name: Cow::Owned(table.to_string()),
         handle: None,
-    }));
+    });
+    batch.add(table_obj.clone());
+    batch.delete(table_obj.clone());
+    batch.add(table_obj);
     batch.add(chain(table, "prerouting", NfHook::Prerouting, -100));
     batch.add(chain(table, "postrouting", NfHook::Postrouting, 100));
 
@@ -150,8 +157,6 @@ pub(crate) fn ruleset(wiring: &Wiring) -> Batch<'static> {
 
 /// Installs the container's table, replacing one of the same name left by an earlier run.
 pub fn install_ports(wiring: &Wiring) -> Result<(), NetError> {
-    remove_ports(wiring)?;
-
     apply_ruleset(&ruleset(wiring).to_nftables()).map_err(|source| NetError::Nft {
         table: wiring.nft_table.clone(),
         source: Box::new(source),

@@ -56,10 +56,6 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the shim of container `{name}`: {other:?}"),
     };
-    if !args.leave_running {
-        crate::logs::wait_shim_gone(g, name);
-    }
-
     tracing::info!(container = %name, image_dir = %image_dir.display(), "checkpointed");
     println!("{}", image_dir.display());
     if args.print_stats {

@@ -146,6 +146,11 @@ fn take_over_checkpointed(
     };
 
     let checkpointed_here = existing.checkpoint.as_deref() == Some(dir);
+    if checkpointed_here && existing.status == Status::Checkpointed {
+        // Its shim may still be removing the old host side.
+        crate::logs::wait_shim_gone(g, name);
+    }
+    let existing = g.store.load(name)?;
     let gone = existing.observed_status() != Status::Running && !existing.shim_alive();
     if !(checkpointed_here && gone) {
         bail!("container name `{name}` is already in use; pass --name to restore under another");

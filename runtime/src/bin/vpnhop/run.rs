@@ -27,14 +27,26 @@ pub struct Args {
     /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/udp|/tcp] [default: the bundle's].
     #[arg(short, long = "publish", value_name = "PORT")]
     publish: Vec<PortMapping>,
-    /// Bridge to attach the container to.
-    #[arg(long, default_value = config::DEFAULT_BRIDGE)]
+    /// Bridge to attach the container to (an interface name: at most 15 characters).
+    #[arg(long, default_value = config::DEFAULT_BRIDGE, value_parser = parse_ifname)]
     bridge: String,
     /// Subnet of the bridge (used when the bridge is created).
     #[arg(long, default_value = config::DEFAULT_SUBNET)]
     subnet: Ipv4Cidr,
     /// The OCI bundle.
     bundle: PathBuf,
+}
+
+fn parse_ifname(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an interface name has 1 to 15 characters from [a-zA-Z0-9_.-]".to_string())
+    }
 }
 
 /// Creates and starts the container; prints its name.

@@ -173,7 +173,8 @@ pub fn write_spec(dir: &Path, spec: &Spec) -> Result<(), BundleError> {
     fs::create_dir_all(dir).map_err(wrap)?;
     let mut data = serde_json::to_vec_pretty(spec).map_err(|e| wrap(std::io::Error::other(e)))?;
     data.push(b'\n');
-    crate::fsutil::write_atomic(&path, &data, 0o644).map_err(wrap)
+    crate::fsutil::write_atomic(&path, &data, 0o644, crate::fsutil::Durability::Volatile)
+        .map_err(wrap)
 }
 
 fn check_host_devices(spec: &Spec) -> Result<(), BundleError> {

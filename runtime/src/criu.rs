@@ -95,6 +95,15 @@ impl Criu {
         })
     }
 
+    /// A binary [`Criu::locate`] already checked (the CLI, before starting a shim): spares a
+    /// second `criu --version` on the restore path. Its version reads `unknown`.
+    pub fn trusted(bin: &Path) -> Criu {
+        Criu {
+            bin: bin.to_path_buf(),
+            version: "unknown".to_string(),
+        }
+    }
+
     /// The binary.
     pub fn path(&self) -> &Path {
         &self.bin
@@ -226,6 +235,43 @@ pub const DUMP_LOG: &str = "dump.log";
 /// Name of CRIU's restore log in the work directory.
 pub const RESTORE_LOG: &str = "restore.log";
 
+/// How CRIU keeps the container's network quiet while it dumps and restores (`--network-lock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkLock {
+    /// An nftables table dropping the namespace's traffic: protects TCP connections from resets.
+    #[default]
+    Nftables,
+    /// No lock. Safe when the container has no TCP socket: a UDP datagram that arrives while the
+    /// process is frozen is lost either way. Saves the lock at dump and the unlock at restore.
+    Skip,
+}
+
+impl NetworkLock {
+    /// The lock a dump of the tree rooted at `pid` needs: none unless its network namespace has
+    /// a TCP socket.
+    pub fn for_tree(pid: i32) -> NetworkLock {
+        let has_tcp = ["tcp", "tcp6"].iter().any(|table| {
+            fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+                // A header line, then one line per socket; unreadable means unknown: lock.
+                .map(|text| text.lines().count() > 1)
+                .unwrap_or(true)
+        });
+        if has_tcp {
+            NetworkLock::Nftables
+        } else {
+            NetworkLock::Skip
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            NetworkLock::Nftables => "nftables",
+            NetworkLock::Skip => "skip",
+        }
+    }
+}
+
 /// What a dump needs.
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -237,6 +283,8 @@ pub struct DumpOptions {
     pub work_dir: PathBuf,
     /// Leave the tree running after the dump (`--leave-running`).
     pub leave_running: bool,
+    /// The network lock.
+    pub network_lock: NetworkLock,
     /// External mounts as `mnt[MOUNTPOINT]:KEY`.
     pub external_mounts: Vec<(String, String)>,
 }
@@ -258,6 +306,8 @@ pub struct RestoreOptions {
     pub inherit_fds: Vec<(i32, String)>,
     /// External mounts as (KEY, host path).
     pub external_mounts: Vec<(String, PathBuf)>,
+    /// The network lock, as at dump.
+    pub network_lock: NetworkLock,
 }
 
 /// The argument list of a dump.
@@ -278,7 +328,7 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<OsString> {
         DUMP_LOG.into(),
         "-v4".into(),
         "--network-lock".into(),
-        "nftables".into(),
+        opts.network_lock.as_str().into(),
         "--manage-cgroups=soft".into(),
     ];
     args.push(
@@ -318,7 +368,7 @@ pub fn restore_args(opts: &RestoreOptions) -> Vec<OsString> {
         "--pidfile".into(),
         opts.pidfile.clone().into(),
         "--network-lock".into(),
-        "nftables".into(),
+        opts.network_lock.as_str().into(),
         "--manage-cgroups=ignore".into(),
     ];
 
@@ -406,6 +456,7 @@ mod tests {
             images_dir: "/img/criu".into(),
             work_dir: "/run/x".into(),
             leave_running: false,
+            network_lock: NetworkLock::Nftables,
             external_mounts: vec![],
         };
         let args = joined(dump_args(&opts));
@@ -435,6 +486,7 @@ mod tests {
             veths: vec![("eth0".into(), "vhabc".into(), "vpnhop0".into())],
             inherit_fds: vec![(10, "pipe:[123]".into())],
             external_mounts: vec![],
+            network_lock: NetworkLock::Skip,
         };
         let args = joined(restore_args(&opts));
 
@@ -445,6 +497,7 @@ mod tests {
         assert!(args.contains("--inherit-fd fd[10]:pipe:[123]"), "{args}");
         assert!(args.contains("--root /b/rootfs"), "{args}");
         assert!(args.contains("--restore-detached"), "{args}");
+        assert!(args.contains("--network-lock skip"), "{args}");
     }
 
     #[test]

@@ -1,13 +1,24 @@
-//! Small file-system helpers: atomic writes and directory fsync.
+//! Small file-system helpers: atomic writes and flushes to disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync, then rename, so a reader
+/// How far a write must reach before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The page cache: runtime state, which a reboot discards anyway, or files flushed later
+    /// together with others ([`sync_fs`]).
+    Volatile,
+    /// The disk (fsync) before the rename.
+    Durable,
+}
+
+/// Writes `data` to `path` atomically: a temporary file beside it, then rename, so a reader
 /// sees the old content or the new one, never half of it.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32, durability: Durability) -> io::Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -17,7 +28,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
+        if durability == Durability::Durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
 
@@ -30,6 +43,13 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 /// Flushes a directory's entries to disk, so a rename inside it survives a reboot.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Flushes the whole file system holding `path` to disk (syncfs(2)): one call for a directory
+/// of many files, where an fsync per file would wait for the journal again and again.
+pub fn sync_fs(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    nix::unistd::syncfs(file.as_raw_fd()).map_err(io::Error::from)
 }
 
 /// Creates `dir` (and its parents) and restricts it to its owner.
@@ -53,8 +73,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
 
-        write_atomic(&path, b"old", 0o600).expect("first write");
-        write_atomic(&path, b"new", 0o600).expect("second write");
+        write_atomic(&path, b"old", 0o600, Durability::Durable).expect("first write");
+        write_atomic(&path, b"new", 0o600, Durability::Volatile).expect("second write");
+        sync_fs(dir.path()).expect("syncfs");
 
         assert_eq!(fs::read(&path).expect("read"), b"new");
         let entries: Vec<_> = fs::read_dir(dir.path()).expect("readdir").collect();

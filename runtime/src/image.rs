@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::fsutil;
+use crate::fsutil::{self, Durability};
 use crate::network::Wiring;
 use crate::proc;
 
@@ -141,6 +141,9 @@ pub struct ImageMeta {
     pub source: ProcessRef,
     /// Whether the container was left running.
     pub leave_running: bool,
+    /// CRIU's network lock at dump; a restore must use the same.
+    #[serde(default)]
+    pub network_lock: crate::criu::NetworkLock,
 }
 
 /// `restored.json`: which process a restore produced.
@@ -209,7 +212,8 @@ impl ImageDir {
             path: path.clone(),
             source,
         })?;
-        fsutil::write_atomic(&path, &data, 0o600).map_err(io_err(&path))
+        // The image files reach the disk together, in `seal`.
+        fsutil::write_atomic(&path, &data, 0o600, Durability::Volatile).map_err(io_err(&path))
     }
 
     /// Reads a JSON file of the image.
@@ -219,18 +223,13 @@ impl ImageDir {
         serde_json::from_slice(&data).map_err(|source| ImageError::Json { path, source })
     }
 
-    /// Hashes every file, fsyncs them, and writes the manifest last.
+    /// Hashes every file, writes the manifest last, and flushes it all to disk.
     pub fn seal(&self) -> Result<(), ImageError> {
         let mut files = BTreeMap::new();
         for rel in self.files()? {
             let path = self.path.join(&rel);
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&path))?;
             files.insert(rel, sha256(&path)?);
         }
-        fsutil::sync_dir(&self.criu_dir()).map_err(io_err(&self.path))?;
-
         self.write_json(
             MANIFEST_FILE,
             &Manifest {
@@ -238,7 +237,9 @@ impl ImageDir {
                 files,
             },
         )?;
-        fsutil::sync_dir(&self.path).map_err(io_err(&self.path))
+
+        // One flush of the file system for every file and directory entry written.
+        fsutil::sync_fs(&self.path).map_err(io_err(&self.path))
     }
 
     /// Checks the directory against its manifest and returns its metadata; nothing is modified.
@@ -378,6 +379,7 @@ mod tests {
                 start: None,
             },
             leave_running: false,
+            network_lock: crate::criu::NetworkLock::Skip,
         }
     }
 

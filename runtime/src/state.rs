@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::fsutil;
+use crate::fsutil::{self, Durability};
 use crate::network::Wiring;
 use crate::proc;
 
@@ -232,7 +232,7 @@ impl Store {
             source,
         })?;
 
-        fsutil::write_atomic(&path, &data, 0o600).map_err(io_err(&path))
+        fsutil::write_atomic(&path, &data, 0o600, Durability::Volatile).map_err(io_err(&path))
     }
 
     /// All containers with a readable state, sorted by creation time.

@@ -1,5 +1,5 @@
-//! Test world for the end-to-end tests: a "server host" network namespace whose LAN bridge
-//! (203.0.113.1/24) links it to one or more "client" namespaces (203.0.113.10, .11, ...), a
+//! Test world for the end-to-end tests: a "server host" network namespace (203.0.113.1/24) and
+//! one or more "client" namespaces (203.0.113.10, .11, ...) plugged into a LAN namespace, a
 //! private state root and image directory, and OpenVPN clients. Everything is created by the
 //! test and removed on drop, also when it fails. Nothing touches the machine's root network
 //! namespace. The benchmark (`runtime/benches/downtime.rs`) builds its worlds with this too.
@@ -164,7 +164,7 @@ pub struct ClientHost {
     pub ns: String,
     /// Its address on the LAN.
     pub addr: String,
-    /// Server-host end of its link (on the LAN bridge).
+    /// LAN end of its link (on the bridge).
     veth_srv: String,
     /// Its own end.
     veth_cli: String,
@@ -185,11 +185,11 @@ impl ClientHost {
             .count()
     }
 
-    /// Starts pinging the server's tunnel address at 20 Hz from this client.
-    pub fn start_pinger(&self, log: PathBuf) -> Pinger {
+    /// Starts pinging the server's tunnel address every `interval` seconds from this client.
+    pub fn start_pinger(&self, log: PathBuf, interval: &str) -> Pinger {
         let child = Command::new("ip")
             .args([
-                "netns", "exec", &self.ns, "ping", "-D", "-i", "0.05", "10.8.0.1",
+                "netns", "exec", &self.ns, "ping", "-D", "-i", interval, "10.8.0.1",
             ])
             .stdout(fs::File::create(&log).expect("ping log"))
             .stderr(Stdio::null())
@@ -199,14 +199,17 @@ impl ClientHost {
     }
 }
 
-/// The namespaces, directories and processes of one test: a "server host" whose LAN bridge
-/// (`lan0`, 203.0.113.1/24) links it to one or more client hosts (203.0.113.10, .11, ...).
+/// The namespaces, directories and processes of one test: a "server host" (203.0.113.1/24) and
+/// one or more client hosts (203.0.113.10, .11, ...) on one LAN.
 #[derive(Debug)]
 pub struct World {
     /// Short unique tag, part of every name.
     pub tag: String,
     /// Server-host network namespace (a new one after each simulated reboot).
     pub srv: String,
+    /// The LAN: a namespace holding the bridge `lan0` that every host is plugged into, like a
+    /// physical switch that stays up while the server reboots.
+    lan: String,
     /// The client hosts.
     pub clients: Vec<ClientHost>,
     /// Reboots so far: part of the server host's namespace name.
@@ -244,6 +247,7 @@ impl World {
             .collect();
         let world = World {
             srv: format!("vpnhop-t{tag}-srv0"),
+            lan: format!("vpnhop-t{tag}-lan"),
             tag,
             clients,
             generation: 0,
@@ -252,38 +256,56 @@ impl World {
             work,
         };
 
+        sh_ok(&format!(
+            "ip netns add {0} && ip -n {0} link add lan0 type bridge && ip -n {0} link set lan0 up",
+            world.lan
+        ));
         for c in &world.clients {
             sh_ok(&format!(
                 "ip netns add {0} && ip -n {0} link set lo up",
                 c.ns
             ));
         }
-        World::build_host(&world.srv);
         world.link_clients();
+        world.build_host(&world.srv, 0);
+        world.plug(0);
         fs::create_dir_all(world.images()).expect("image root");
         world
     }
 
-    /// A server host: its namespace and its LAN bridge, which keeps its MAC address across
-    /// reboots as a real host's network card would, so the clients' neighbour caches stay right.
-    fn build_host(ns: &str) {
+    /// A server host of boot `generation`: its namespace and its network card, `uplink`, whose
+    /// other end `tTAGpGEN` waits in the LAN namespace to be plugged in. The card keeps address
+    /// and MAC across reboots, as a real host's does, so the clients' caches stay right.
+    fn build_host(&self, ns: &str, generation: u32) {
+        let port = format!("t{}p{generation}", self.tag);
         sh_ok(&format!(
             "ip netns add {ns} && ip -n {ns} link set lo up && \
-             ip -n {ns} link add lan0 address 02:00:5e:00:53:01 type bridge && \
-             ip -n {ns} addr add 203.0.113.1/24 dev lan0 && ip -n {ns} link set lan0 up"
+             ip link add uplink netns {ns} address 02:00:5e:00:53:01 type veth \
+                peer {port} netns {lan} && \
+             ip -n {ns} addr add 203.0.113.1/24 dev uplink && ip -n {ns} link set uplink up && \
+             ip -n {lan} link set {port} up",
+            lan = self.lan
         ));
     }
 
-    /// One link per client host into the LAN of the server host.
+    /// Plugs the server host of boot `generation` into the LAN.
+    fn plug(&self, generation: u32) {
+        ip_batch(
+            &self.lan,
+            &format!("link set t{}p{generation} master lan0\n", self.tag),
+        );
+    }
+
+    /// One link per client host into the LAN.
     fn link_clients(&self) {
         for c in &self.clients {
             sh_ok(&format!(
-                "ip link add {s} netns {srv} type veth peer {cv} netns {cli} && \
-                 ip -n {srv} link set {s} master lan0 up && \
+                "ip link add {s} netns {lan} type veth peer {cv} netns {cli} && \
+                 ip -n {lan} link set {s} master lan0 up && \
                  ip -n {cli} addr add {addr}/24 dev {cv} && ip -n {cli} link set {cv} up",
                 s = c.veth_srv,
                 cv = c.veth_cli,
-                srv = self.srv,
+                lan = self.lan,
                 cli = c.ns,
                 addr = c.addr
             ));
@@ -445,13 +467,18 @@ impl World {
         self.start_pingers().remove(0)
     }
 
-    /// One pinger per client host.
+    /// One pinger per client host, at 20 Hz.
     pub fn start_pingers(&self) -> Vec<Pinger> {
+        self.start_pingers_every("0.05")
+    }
+
+    /// One pinger per client host, every `interval` seconds.
+    pub fn start_pingers_every(&self, interval: &str) -> Vec<Pinger> {
         self.clients
             .iter()
             .map(|c| {
                 let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-                c.start_pinger(self.path(&format!("ping-{n}.log")))
+                c.start_pinger(self.path(&format!("ping-{n}.log")), interval)
             })
             .collect()
     }
@@ -469,26 +496,28 @@ impl World {
     /// before the restore runs; keeping it out of the measured gap.
     pub fn prepare_reboot(&mut self) {
         let next = format!("vpnhop-t{}-srv{}", self.tag, self.generation + 1);
-        World::build_host(&next);
+        self.build_host(&next, self.generation + 1);
         self.next = Some(next);
     }
 
-    /// The reboot itself: the clients' links move to the prepared host in one step each, and
-    /// the state root is wiped. The old host (its bridge, veths and rules) is retired, out of
-    /// service; only the image directory and the bundle carry over.
+    /// The reboot itself: in one `ip` batch on the LAN, the old server host is unplugged and
+    /// the prepared one plugged in; the state root is wiped. The old host (its bridge, veths and
+    /// rules) is retired, out of service; only the image directory and the bundle carry over.
+    /// The clients' own links never go down, as on a real network.
     pub fn switch_host(&mut self) {
         let next = self.next.take().expect("prepare_reboot first");
-        for c in &self.clients {
-            sh_ok(&format!(
-                "ip -n {old} link set {s} netns {next} && ip -n {next} link set {s} master lan0 up",
-                old = self.srv,
-                s = c.veth_srv
-            ));
-        }
+        let (old, new) = (self.generation, self.generation + 1);
+        ip_batch(
+            &self.lan,
+            &format!(
+                "link set t{tag}p{old} nomaster down\nlink set t{tag}p{new} master lan0\n",
+                tag = self.tag
+            ),
+        );
         let _ = fs::remove_dir_all(self.root());
 
         self.retired.push(std::mem::replace(&mut self.srv, next));
-        self.generation += 1;
+        self.generation = new;
     }
 
     /// Deletes the namespaces of earlier boots.
@@ -501,7 +530,6 @@ impl World {
     /// Links of the server host other than lo and the LAN.
     pub fn server_links(&self) -> Vec<String> {
         let out = sh(&format!("ip -n {} -o link show", self.srv));
-        let lan: Vec<&str> = self.clients.iter().map(|c| c.veth_srv.as_str()).collect();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
@@ -509,7 +537,7 @@ impl World {
                     .nth(1)
                     .map(|n| n.split('@').next().unwrap_or(n).to_string())
             })
-            .filter(|n| n != "lo" && n != "lan0" && !lan.contains(&n.as_str()))
+            .filter(|n| n != "lo" && n != "uplink")
             .collect()
     }
 
@@ -523,6 +551,26 @@ impl World {
     }
 }
 
+/// Runs `ip -n NS -batch -` with `commands`.
+fn ip_batch(ns: &str, commands: &str) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(commands.as_bytes())
+        .expect("batch");
+    assert!(
+        child.wait().expect("ip").success(),
+        "ip -n {ns} -batch failed: {commands}"
+    );
+}
+
 /// Whether a process with this pid exists and is not a zombie (this host's init may take a
 /// while to reap orphans).
 pub fn alive(pid: i64) -> bool {
@@ -530,6 +578,18 @@ pub fn alive(pid: i64) -> bool {
         .ok()
         .and_then(|stat| stat.rfind(')').map(|i| !stat[i + 2..].starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// Waits up to `timeout` for process `pid` to be gone; true if it went.
+pub fn gone_within(pid: i64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Whether container `name` still has a cgroup in any hierarchy.
@@ -559,6 +619,7 @@ impl Drop for World {
         }
         self.delete_retired();
         let _ = sh(&format!("ip netns del {}", self.srv));
+        let _ = sh(&format!("ip netns del {}", self.lan));
         if let Some(next) = self.next.take() {
             let _ = sh(&format!("ip netns del {next}"));
         }

@@ -10,7 +10,7 @@ use nix::fcntl::{renameat2, RenameFlags};
 use nix::sys::signal::Signal;
 
 use super::{io_err, ContainerError};
-use crate::criu::{self, Criu, DumpOptions, DUMP_LOG};
+use crate::criu::{self, Criu, DumpOptions, NetworkLock, DUMP_LOG};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, ProcessRef, Versions, FORMAT, META_FILE, SPEC_FILE};
 use crate::network;
@@ -141,6 +141,7 @@ fn write_images(
             start: state.pid_start,
         },
         leave_running,
+        network_lock: NetworkLock::for_tree(pid),
     };
     image.write_json(META_FILE, &meta)?;
 
@@ -154,6 +155,7 @@ fn write_images(
         images_dir: image.criu_dir(),
         work_dir: work.clone(),
         leave_running,
+        network_lock: meta.network_lock,
         external_mounts: Vec::new(),
     })?;
     let dumped = |error: ContainerError| Failure {
@@ -174,6 +176,7 @@ fn write_images(
 /// lock (an `inet` table in the container's namespace) and continues every process of the
 /// container.
 fn resume(store: &Store, state: &ContainerState, pid: i32) {
+    // Deleting the lock table is harmless where there is none (`--network-lock skip`).
     let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
     match criu::run_id(&store.criu_work(&state.name).join(DUMP_LOG)) {
         Some(id) => {

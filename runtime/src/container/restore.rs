@@ -101,6 +101,7 @@ pub fn restore(
         )],
         inherit_fds,
         external_mounts: Vec::new(),
+        network_lock: meta.network_lock,
     };
     let result = criu.restore(&opts, |cmd| {
         let rootfs = rootfs.clone();

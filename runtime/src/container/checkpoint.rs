@@ -162,6 +162,7 @@ fn write_images(
         error,
         dumped: true,
     };
+    let after_dump = Instant::now();
 
     let (from, to) = (work.join(DUMP_LOG), image.path().join(DUMP_LOG));
     fs::copy(&from, &to).map_err(|source| dumped(ContainerError::Copy { from, to, source }))?;
@@ -169,6 +170,11 @@ fn write_images(
     // Everything reaches the disk before the directory gets its final name: after a reboot
     // it is all a restore has.
     image.seal().map_err(|e| dumped(e.into()))?;
+    tracing::debug!(
+        container = %state.name,
+        seal_ms = after_dump.elapsed().as_secs_f64() * 1e3,
+        "images sealed"
+    );
     Ok(took.as_secs_f64() * 1e3)
 }
 

@@ -86,6 +86,7 @@ pub fn restore(
         }
     }
 
+    tracing::debug!(container = %name, ms = started.elapsed().as_secs_f64() * 1e3, "host side ready");
     let placement = cgroups::enter(name, &spec)?;
     let host_ms = started.elapsed().as_secs_f64() * 1e3;
 

@@ -99,7 +99,9 @@ mkdir -p "$CKPT" "$WORK"
 unshare --pid --fork setsid sh -c \
     'i=0; while :; do i=$((i + 1)); echo $i >"$0/count"; sleep 1; done' "$WORK" \
     </dev/null >/dev/null 2>&1 &
-sleep 3
+# Long enough that a count restarted from zero could not pass for one that
+# went on (the check after the restore allows 3 s more than at the dump).
+sleep 6
 pid=$(pgrep -o -P $! sh)
 grep -q '^NSpid:.*[[:space:]]1$' "/proc/$pid/status"
 [ "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid" ]

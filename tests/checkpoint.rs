@@ -404,3 +404,71 @@ fn listing(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
     out.sort();
     out
 }
+
+/// The boot-time half of `vpnhop kexec`: `restore --all` follows the plan once, into the state
+/// root each container ran under, and marks it done so a later boot does not repeat it.
+#[test]
+fn restore_all_follows_the_plan_once() {
+    require_privileged!();
+    let mut world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+
+    world.run_openvpn(&name);
+    world.connect_client();
+    world.ok(&[
+        "checkpoint",
+        "--image-dir",
+        image.to_str().expect("path"),
+        &name,
+    ]);
+
+    let plan = serde_json::json!({
+        "created": "2026-01-01T00:00:00Z",
+        "boot_id": "x",
+        "from_kernel": "a",
+        "to_kernel": "b",
+        "entries": [{ "name": name, "image_dir": image, "root": world.root() }],
+    });
+    fs::write(world.images().join("restore-plan.json"), plan.to_string()).expect("plan");
+    world.reboot_server_host();
+
+    let images = world.images();
+    let root = images.to_str().expect("path");
+    let out = world.ok(&["restore", "--all", "--image-root", root]);
+    assert_eq!(out.trim(), name);
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(world.ping(3), "no reply through the restored tunnel");
+    assert_eq!(world.client_inits(), 1);
+    assert!(!images.join("restore-plan.json").exists());
+    assert!(images.join("restore-plan.done.json").exists());
+
+    let out = world.ok(&["restore", "--all", "--image-root", root]);
+    assert!(out.starts_with("no pending restore plan"), "{out}");
+}
+
+/// On a kernel without kexec (this development machine), `vpnhop kexec` says so in one line and
+/// changes nothing.
+#[test]
+fn kexec_refuses_on_a_kernel_without_kexec() {
+    require_privileged!();
+    if std::path::Path::new("/sys/kernel/kexec_loaded").exists() {
+        eprintln!(
+            "this kernel has kexec: the refusal is not exercised here (tests/guest/kexec.sh)"
+        );
+        return;
+    }
+    let world = World::new();
+    let name = world.name("vpn");
+    world.run_openvpn(&name);
+
+    for args in [&["kexec"][..], &["kexec", "--dry-run"][..]] {
+        let err = world.fails(args);
+        assert_eq!(
+            err,
+            "vpnhop: this kernel cannot kexec (`/sys/kernel/kexec_loaded` is missing); nothing was changed"
+        );
+    }
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(!world.images().join("restore-plan.json").exists());
+}

@@ -13,6 +13,7 @@ pub mod container;
 pub mod criu;
 pub mod fsutil;
 pub mod image;
+pub mod kexec;
 pub mod logging;
 pub mod name;
 pub mod network;

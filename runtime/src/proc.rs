@@ -36,6 +36,20 @@ pub fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}
+
 /// The kernel's id of this boot: distinguishes a process of this boot from one of an earlier boot.
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -61,6 +75,13 @@ mod tests {
         assert!(is_alive(me, Some(start)));
         assert!(!is_alive(me, Some(start + 1)));
         assert!(!is_zombie(me));
+    }
+
+    #[test]
+    fn own_resident_memory_is_read() {
+        let rss = rss_bytes(std::process::id() as i32).expect("VmRSS");
+        assert!(rss > 0 && rss % 1024 == 0, "{rss}");
+        assert_eq!(rss_bytes(-1), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `vpnhop checkpoint`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use vpnhop::config;
@@ -34,10 +34,6 @@ pub struct Args {
 pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
     let name = &args.name;
     let _lock = g.store.lock(name)?;
-    let state = g.store.load(name)?;
-    if state.observed_status() != Status::Running || !state.shim_alive() {
-        bail!("container `{name}` is not running");
-    }
 
     // Fail before anything happens if CRIU is unusable.
     Criu::locate(&g.criu)?;
@@ -46,10 +42,30 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         None => PathBuf::from(config::DEFAULT_IMAGE_ROOT).join(name),
     };
 
+    let stats = checkpoint_one(g, name, &image_dir, args.leave_running)?;
+    println!("{}", image_dir.display());
+    if args.print_stats {
+        print_stats(&stats, args.format)?;
+    }
+    Ok(())
+}
+
+/// Asks the shim of `name` to dump it into `image_dir`. The caller holds the container's lock.
+pub fn checkpoint_one(
+    g: &Globals,
+    name: &str,
+    image_dir: &Path,
+    leave_running: bool,
+) -> anyhow::Result<CheckpointStats> {
+    let state = g.store.load(name)?;
+    if state.observed_status() != Status::Running || !state.shim_alive() {
+        bail!("container `{name}` is not running");
+    }
+
     let request = Request::Checkpoint {
         criu: g.criu.clone(),
-        image_dir: image_dir.clone(),
-        leave_running: args.leave_running,
+        image_dir: image_dir.to_path_buf(),
+        leave_running,
     };
     let stats = match shim::call(name, &g.store.socket(name), &request)? {
         Response::Checkpointed { stats, .. } => stats,
@@ -57,11 +73,7 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         other => bail!("unexpected answer from the shim of container `{name}`: {other:?}"),
     };
     tracing::info!(container = %name, image_dir = %image_dir.display(), "checkpointed");
-    println!("{}", image_dir.display());
-    if args.print_stats {
-        print_stats(&stats, args.format)?;
-    }
-    Ok(())
+    Ok(stats)
 }
 
 fn print_stats(stats: &CheckpointStats, format: Format) -> anyhow::Result<()> {

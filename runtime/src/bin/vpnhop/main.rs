@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod inspect;
+mod kexec;
 mod logs;
 mod ps;
 mod restore;
@@ -10,6 +11,7 @@ mod run;
 mod spawn;
 mod spec;
 mod stop;
+mod system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +65,11 @@ enum Command {
     Checkpoint(checkpoint::Args),
     /// Restore a container from an image directory.
     Restore(restore::Args),
+    /// Checkpoint every container and reboot into another kernel (restored at boot).
+    Kexec(kexec::Args),
+    /// Install or remove the boot-time restore unit.
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Print the OpenVPN bundle's config.json, generated from oci-spec types.
     Spec(spec::Args),
 }
@@ -107,6 +114,8 @@ fn main() -> ExitCode {
         Command::Rm(args) => rm::run(&globals, args).map(|()| ExitCode::SUCCESS),
         Command::Checkpoint(args) => checkpoint::run(&globals, args).map(|()| ExitCode::SUCCESS),
         Command::Restore(args) => restore::run(&globals, args).map(|()| ExitCode::SUCCESS),
+        Command::Kexec(args) => kexec::run(&globals, args).map(|()| ExitCode::SUCCESS),
+        Command::System(cmd) => system::run(&globals, cmd).map(|()| ExitCode::SUCCESS),
         Command::Spec(args) => spec::run(args).map(|()| ExitCode::SUCCESS),
     };
 

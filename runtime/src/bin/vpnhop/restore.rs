@@ -1,14 +1,17 @@
 //! `vpnhop restore`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
+use vpnhop::config;
 use vpnhop::container;
 use vpnhop::criu::Criu;
 use vpnhop::image::ImageDir;
+use vpnhop::kexec::RestorePlan;
 use vpnhop::name;
 use vpnhop::network;
 use vpnhop::shim::{Ready, RestoreStats};
+use vpnhop::state::Store;
 use vpnhop::state::{ContainerState, Status};
 
 use crate::ps::Format;
@@ -18,8 +21,15 @@ use crate::{absolute, spawn, Globals};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Name of the restored container [default: the name at checkpoint time].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     name: Option<String>,
+    /// Restore everything the pending restore plan of `vpnhop kexec` lists, then mark the plan
+    /// done (what the boot-time unit runs).
+    #[arg(long)]
+    all: bool,
+    /// Where `vpnhop kexec` left its images and plan (with --all).
+    #[arg(long, requires = "all", default_value = config::DEFAULT_IMAGE_ROOT)]
+    image_root: PathBuf,
     /// Print host rebuild time, CRIU restore time and image size.
     #[arg(long)]
     print_stats: bool,
@@ -27,14 +37,81 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     /// The image directory written by `checkpoint`.
-    image_dir: PathBuf,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    image_dir: Option<PathBuf>,
 }
 
-/// Restores the container under a new shim; prints its name.
+/// Restores the container (or, with --all, the plan's containers); prints each name.
 pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
+    if args.all {
+        return restore_all(g, &absolute(&args.image_root));
+    }
+
+    let dir = absolute(&args.image_dir.unwrap_or_default());
+    let (name, stats) = restore_one(g, &dir, args.name)?;
+    println!("{name}");
+    if args.print_stats {
+        print_stats(&stats, args.format)?;
+    }
+    Ok(())
+}
+
+/// Follows the pending restore plan in `image_root`: each container is restored into the state
+/// root it ran under. The plan is marked done even if some fail, so that a later ordinary boot
+/// does not bring back stale images; those are named, and can be restored by hand.
+fn restore_all(g: &Globals, image_root: &Path) -> anyhow::Result<()> {
+    let Some(plan) = RestorePlan::pending(image_root)? else {
+        println!("no pending restore plan in {}", image_root.display());
+        return Ok(());
+    };
+    tracing::info!(
+        entries = plan.entries.len(),
+        from = %plan.from_kernel,
+        to = %plan.to_kernel,
+        "following restore plan"
+    );
+
+    let mut failed = Vec::new();
+    for entry in &plan.entries {
+        let globals = Globals {
+            store: Store::new(&entry.root),
+            criu: g.criu.clone(),
+            log_format: g.log_format,
+            log_level: g.log_level,
+        };
+        match restore_one(&globals, &entry.image_dir, Some(entry.name.clone())) {
+            Ok((name, stats)) => {
+                tracing::info!(container = %name, restore_ms = stats.total_ms, "restored");
+                println!("{name}");
+            }
+            Err(err) => {
+                eprintln!("vpnhop: restoring `{}`: {err:#}", entry.name);
+                failed.push(entry.name.clone());
+            }
+        }
+    }
+
+    RestorePlan::mark_done(image_root)?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} containers not restored: {}",
+            failed.len(),
+            plan.entries.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Restores the container of image `dir` under a new shim, named `name` or as at checkpoint.
+pub fn restore_one(
+    g: &Globals,
+    dir: &Path,
+    name: Option<String>,
+) -> anyhow::Result<(String, RestoreStats)> {
     let criu = Criu::locate(&g.criu)?;
     container::check_cgroups()?;
-    let dir = absolute(&args.image_dir);
+    let dir = dir.to_path_buf();
     let image = ImageDir::new(&dir);
     let meta = image.verify()?;
 
@@ -57,7 +134,7 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let name = args.name.unwrap_or_else(|| meta.name.clone());
+    let name = name.unwrap_or_else(|| meta.name.clone());
     name::validate(&name)?;
 
     {
@@ -123,11 +200,7 @@ pub fn run(g: &Globals, args: Args) -> anyhow::Result<()> {
     };
 
     tracing::info!(container = %name, image_dir = %dir.display(), "restored");
-    println!("{name}");
-    if args.print_stats {
-        print_stats(&stats, args.format)?;
-    }
-    Ok(())
+    Ok((name, stats))
 }
 
 /// A container of the same name that was checkpointed into this very image and no longer runs

@@ -31,7 +31,7 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 packages=(
     # vpnhop itself and the bundle
-    openvpn openssl ca-certificates tar iproute2 iptables nftables
+    openvpn openssl ca-certificates tar iproute2 iptables nftables conntrack
     libseccomp-dev pkg-config util-linux
     # the tests, the demo and the benchmark (runc is the start-up baseline)
     iputils-ping shellcheck runc

@@ -27,6 +27,8 @@ use clap::Parser;
 use common::{now, sh_ok, Pinger, World};
 use serde::Serialize;
 use serde_json::Value;
+use vpnhop::criu::stats::{self as criu_stats, DumpPhases, RestorePhases};
+use vpnhop::shim::{CheckpointStats, RestoreStats};
 
 /// 100 Hz: the gap is measured to 10 ms.
 const PING_INTERVAL: &str = "0.01";
@@ -79,6 +81,31 @@ struct Cycle {
     first_reply_ms: f64,
     /// Size of the image directory (bytes).
     image_bytes: u64,
+    /// CRIU's own phases of the dump, from its `stats-dump`.
+    dump_phases: Option<DumpPhases>,
+    /// CRIU's own phases of the restore, from its `stats-restore`.
+    restore_phases: Option<RestorePhases>,
+    /// vpnhop's own steps, from `--print-stats` (none for the hand-run recipe).
+    steps: Option<Steps>,
+}
+
+/// vpnhop's steps around CRIU, as `checkpoint` and `restore --print-stats` report them (ms).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Steps {
+    /// Wall time of `criu dump` inside the shim.
+    criu_dump_ms: f64,
+    /// Sealing the images: checksums, manifest, `syncfs`.
+    seal_ms: f64,
+    /// The CLI verifying the image before starting the shim.
+    verify_ms: f64,
+    /// Starting the shim to its ready line.
+    shim_ms: f64,
+    /// The shim's own restore work (host side, cgroups, CRIU).
+    shim_restore_ms: f64,
+    /// Bridge, forwarding, published ports, neighbour entry.
+    wiring_ms: f64,
+    /// Creating and entering the cgroups.
+    cgroups_ms: f64,
 }
 
 /// One start-up.
@@ -121,6 +148,7 @@ fn main() {
     if args.cycles > 0 {
         cycles = downtime(&args);
         print_cycles(&cycles);
+        print_breakdown(&cycles);
     }
 
     let mut starts = Vec::new();
@@ -309,7 +337,8 @@ impl Bench {
         ]);
         let checkpoint_ms = ms(t0);
         let frozen_at = now();
-        let dump: Value = serde_json::from_str(out.lines().nth(1).unwrap_or("{}")).expect("stats");
+        let dump: CheckpointStats =
+            serde_json::from_str(out.lines().nth(1).unwrap_or("{}")).expect("checkpoint stats");
 
         let t1 = Instant::now();
         self.world.switch_host();
@@ -321,17 +350,29 @@ impl Bench {
             .ok(&["restore", "--print-stats", "--format", "json", &image]);
         let restore_ms = ms(t2);
         let restored_at = now();
-        let rest: Value = serde_json::from_str(out.lines().nth(1).unwrap_or("{}")).expect("stats");
+        let rest: RestoreStats =
+            serde_json::from_str(out.lines().nth(1).unwrap_or("{}")).expect("restore stats");
 
         Cycle {
             method: "vpnhop",
-            frozen_ms: dump["frozen_ms"].as_f64(),
+            frozen_ms: dump.frozen_ms,
             checkpoint_ms,
             reboot_ms,
-            host_ms: rest["host_ms"].as_f64().unwrap_or(f64::NAN),
+            host_ms: rest.host_ms,
             restore_ms,
-            criu_restore_ms: rest["restore_ms"].as_f64(),
-            image_bytes: rest["image_bytes"].as_u64().unwrap_or(0),
+            criu_restore_ms: Some(rest.restore_ms),
+            image_bytes: rest.image_bytes,
+            dump_phases: dump.criu,
+            restore_phases: rest.criu,
+            steps: Some(Steps {
+                criu_dump_ms: dump.dump_ms,
+                seal_ms: dump.seal_ms,
+                verify_ms: rest.verify_ms,
+                shim_ms: rest.shim_ms,
+                shim_restore_ms: rest.total_ms,
+                wiring_ms: rest.wiring_ms,
+                cgroups_ms: rest.cgroups_ms,
+            }),
             ..self.gaps(frozen_at, restored_at)
         }
     }
@@ -470,15 +511,20 @@ impl Bench {
             .expect("pid");
         self.by_hand = Some(HandRun { pid, _stdio: keep });
 
+        // Without --work-dir, CRIU leaves its statistics beside the images.
+        let dump_phases = criu_stats::read_dump(&self.image);
         Cycle {
             method: "plain-criu",
-            frozen_ms: None,
+            frozen_ms: dump_phases.map(|p| p.frozen_ms),
             checkpoint_ms,
             reboot_ms,
             host_ms,
             restore_ms,
             criu_restore_ms: Some(criu_restore_ms),
             image_bytes: vpnhop::image::du(&self.image),
+            dump_phases,
+            restore_phases: criu_stats::read_restore(&self.image),
+            steps: None,
             ..self.gaps(frozen_at, restored_at)
         }
     }
@@ -518,6 +564,9 @@ impl Bench {
             criu_restore_ms: None,
             first_reply_ms: (first_reply - restored_at) * 1e3,
             image_bytes: 0,
+            dump_phases: None,
+            restore_phases: None,
+            steps: None,
         }
     }
 }
@@ -623,6 +672,100 @@ fn print_cycles(cycles: &[Cycle]) {
         .flat_map(|c| c.gaps_ms.iter().copied())
         .fold(0.0, f64::max);
     println!("worst gap of any cycle: {worst:.0} ms");
+}
+
+/// Where the gap goes: the median of each step, per method, in the order the steps happen.
+/// Steps before the freeze are listed but are not part of what the client waits for.
+fn print_breakdown(cycles: &[Cycle]) {
+    type Step = fn(&Cycle) -> Option<f64>;
+    let rows: [(&str, Step); 20] = [
+        ("criu dump: start-up before the freeze *", |c| {
+            let p = c.dump_phases?;
+            Some(dump_wall(c)? - p.freezing_ms - p.frozen_ms)
+        }),
+        ("criu dump: freezing the tree", |c| {
+            Some(c.dump_phases?.freezing_ms)
+        }),
+        ("criu dump: frozen, in all", |c| {
+            Some(c.dump_phases?.frozen_ms)
+        }),
+        ("  memory: collecting pages", |c| {
+            Some(c.dump_phases?.memdump_ms)
+        }),
+        ("  memory: writing pages", |c| {
+            Some(c.dump_phases?.memwrite_ms)
+        }),
+        ("  the rest: namespaces, files, net, kill", |c| {
+            let p = c.dump_phases?;
+            Some(p.frozen_ms - p.memdump_ms - p.memwrite_ms)
+        }),
+        ("checkpoint: sealing the images", |c| Some(c.steps?.seal_ms)),
+        ("checkpoint: rest of the command", |c| {
+            let s = c.steps?;
+            Some(c.checkpoint_ms - s.criu_dump_ms - s.seal_ms)
+        }),
+        ("reboot simulation (host switch)", |c| Some(c.reboot_ms)),
+        ("restore: image verification", |c| Some(c.steps?.verify_ms)),
+        ("restore: shim start-up", |c| {
+            let s = c.steps?;
+            Some(s.shim_ms - s.shim_restore_ms)
+        }),
+        ("restore: host wiring", |c| match c.steps {
+            Some(s) => Some(s.wiring_ms),
+            None => Some(c.host_ms),
+        }),
+        ("restore: cgroups", |c| Some(c.steps?.cgroups_ms)),
+        ("criu restore: start-up before forking", |c| {
+            let p = c.restore_phases?;
+            Some(c.criu_restore_ms? - p.forking_ms - p.restore_ms)
+        }),
+        ("criu restore: forking the tree", |c| {
+            Some(c.restore_phases?.forking_ms)
+        }),
+        ("criu restore: restoring the tasks", |c| {
+            Some(c.restore_phases?.restore_ms)
+        }),
+        ("restore: rest in the shim", |c| {
+            let s = c.steps?;
+            Some(s.shim_restore_ms - s.wiring_ms - s.cgroups_ms - c.criu_restore_ms?)
+        }),
+        ("restore: rest of the command", |c| {
+            let s = c.steps?;
+            Some(c.restore_ms - s.verify_ms - s.shim_ms)
+        }),
+        ("first reply after the restore returned", |c| {
+            Some(c.first_reply_ms)
+        }),
+        ("client-visible gap (median over clients)", |c| {
+            Some(median(c.gaps_ms.clone()))
+        }),
+    ];
+
+    println!("\nBREAKDOWN (median per step, ms; * = before the freeze, not in the gap)");
+    println!("{:<44} {:>10} {:>10}", "step", "vpnhop", "plain-criu");
+    for (label, step) in rows {
+        let cell = |method: &str| {
+            let v: Vec<f64> = cycles
+                .iter()
+                .filter(|c| c.method == method)
+                .filter_map(step)
+                .collect();
+            if v.is_empty() {
+                format!("{:>10}", "-")
+            } else {
+                format!("{:>10.1}", median(v))
+            }
+        };
+        println!("{label:<44} {} {}", cell("vpnhop"), cell("plain-criu"));
+    }
+}
+
+/// Wall time of `criu dump` alone: inside the shim for vpnhop, the whole command by hand.
+fn dump_wall(c: &Cycle) -> Option<f64> {
+    match c.steps {
+        Some(s) => Some(s.criu_dump_ms),
+        None => Some(c.checkpoint_ms),
+    }
 }
 
 /// `vpnhop run` against `runc run` of the same bundle, alternating, in a namespace of their own.

@@ -142,7 +142,14 @@ impl Bundle {
             })
     }
 
-    /// The spec as run: absolute rootfs and the container's own cgroup path.
+    /// The spec as run: absolute rootfs, the container's own cgroup path, and private mount
+    /// propagation unless the bundle asks for another.
+    ///
+    /// libcontainer, like runc, makes the container's mounts slaves of the host's by default.
+    /// Where the host's root is shared (systemd makes it so), CRIU then records that slavery in
+    /// the images and can restore it only from a host mount with the same sharing set up, which
+    /// a freshly booted host need not have ("Failed to copy sharing from source"). A private
+    /// tree has no tie to the host's mounts to record.
     pub fn runtime_spec(&self, name: &str) -> Spec {
         let mut spec = self.spec.clone();
 
@@ -151,11 +158,18 @@ impl Bundle {
         }
         if let Some(linux) = spec.linux_mut() {
             linux.set_cgroups_path(Some(cgroup_path(name)));
+            if linux.rootfs_propagation().is_none() {
+                linux.set_rootfs_propagation(Some(ROOTFS_PROPAGATION.to_string()));
+            }
         }
 
         spec
     }
 }
+
+/// Mount propagation of the container's root when the bundle names none: see
+/// [`Bundle::runtime_spec`].
+pub const ROOTFS_PROPAGATION: &str = "private";
 
 /// Cgroup path of container `name`, relative to each hierarchy's root.
 pub fn cgroup_path(name: &str) -> PathBuf {
@@ -356,6 +370,7 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
         )
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
+        .rootfs_propagation(ROOTFS_PROPAGATION)
         .seccomp(default_seccomp()?)
         .build()?;
 
@@ -770,5 +785,40 @@ mod tests {
         let ports = bundle.default_ports().expect("ports");
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].to_string(), "1194:1194/udp");
+    }
+
+    /// A container whose root is a slave of a shared host mount (systemd's default) was dumped
+    /// with that tie, and its restore failed in a freshly booted guest ("Failed to copy sharing
+    /// from source"): a bundle naming no propagation runs private.
+    #[test]
+    fn mounts_are_private_unless_the_bundle_says_otherwise() {
+        let mut spec = openvpn_spec().expect("spec");
+        let propagation = |spec: &Spec| {
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.rootfs_propagation().clone())
+        };
+        assert_eq!(propagation(&spec).as_deref(), Some("private"));
+
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_rootfs_propagation(None);
+        }
+        let mut bundle = Bundle {
+            path: PathBuf::from("/b"),
+            spec,
+            rootfs: PathBuf::from("/b/rootfs"),
+        };
+        assert_eq!(
+            propagation(&bundle.runtime_spec("vpn")).as_deref(),
+            Some("private")
+        );
+
+        if let Some(linux) = bundle.spec.linux_mut() {
+            linux.set_rootfs_propagation(Some("slave".to_string()));
+        }
+        assert_eq!(
+            propagation(&bundle.runtime_spec("vpn")).as_deref(),
+            Some("slave")
+        );
     }
 }

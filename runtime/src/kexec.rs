@@ -311,6 +311,10 @@ pub fn restore_unit(vpnhop: &Path, criu: &Path, image_root: &Path) -> String {
          [Service]\n\
          Type=oneshot\n\
          ExecStart={vpnhop} --criu {criu} restore --all --image-root {root}\n\
+         # The restored shims start in this unit's cgroup and must outlive it: the unit stays\n\
+         # active after the restore, and stopping it signals no process but its main one.\n\
+         RemainAfterExit=yes\n\
+         KillMode=process\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
@@ -406,6 +410,9 @@ mod tests {
         assert!(unit.contains("After=network-online.target"));
         assert!(unit.contains("ConditionPathExists=/i/restore-plan.json"));
         assert!(unit.contains("RequiresMountsFor=/i /opt/v/bin"));
+        // Without these, systemd kills the restored shims once the oneshot has finished.
+        assert!(unit.contains("RemainAfterExit=yes"));
+        assert!(unit.contains("KillMode=process"));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::criu::stats::{DumpPhases, RestorePhases};
+
 /// Errors talking to a shim.
 #[derive(Debug, Error)]
 pub enum ShimError {
@@ -75,8 +77,14 @@ pub enum Request {
 pub struct CheckpointStats {
     /// Time the container's processes were frozen, from CRIU's stats (ms), when readable.
     pub frozen_ms: Option<f64>,
+    /// CRIU's own phases of the dump, when its statistics were readable.
+    #[serde(default)]
+    pub criu: Option<DumpPhases>,
     /// Wall time of `criu dump` (ms).
     pub dump_ms: f64,
+    /// Sealing the images after the dump: log copy, checksums, manifest, `syncfs` (ms).
+    #[serde(default)]
+    pub seal_ms: f64,
     /// Wall time of the whole checkpoint verb in the shim (ms).
     pub total_ms: f64,
     /// Bytes in the image directory.
@@ -86,10 +94,26 @@ pub struct CheckpointStats {
 /// Timings of a restore.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct RestoreStats {
+    /// Verifying the image directory against its manifest, in the CLI (ms).
+    #[serde(default)]
+    pub verify_ms: f64,
+    /// From starting the shim to its ready line, in the CLI (ms): all of the shim's work below
+    /// plus its start-up.
+    #[serde(default)]
+    pub shim_ms: f64,
     /// Rebuilding the host side: bridge, rules, cgroups (ms).
     pub host_ms: f64,
+    /// The network part of `host_ms`: bridge, forwarding, published ports, neighbour entry (ms).
+    #[serde(default)]
+    pub wiring_ms: f64,
+    /// The cgroup part of `host_ms`: creating the container's cgroups and entering them (ms).
+    #[serde(default)]
+    pub cgroups_ms: f64,
     /// Wall time of `criu restore` (ms).
     pub restore_ms: f64,
+    /// CRIU's own phases of the restore, when its statistics were readable.
+    #[serde(default)]
+    pub criu: Option<RestorePhases>,
     /// Wall time of the whole restore in the shim (ms).
     pub total_ms: f64,
     /// Bytes in the image directory.

@@ -218,6 +218,9 @@ pub struct World {
     next: Option<String>,
     /// Server hosts of earlier boots, deleted once they are out of the way.
     retired: Vec<String>,
+    /// Run every vpnhop command in a mount namespace of its own whose mounts are shared, as
+    /// systemd sets up a host (this machine's are private).
+    pub shared_mounts: bool,
     work: TempDir,
 }
 
@@ -253,6 +256,7 @@ impl World {
             generation: 0,
             next: None,
             retired: Vec::new(),
+            shared_mounts: false,
             work,
         };
 
@@ -339,9 +343,12 @@ impl World {
 
     /// Like [`World::vpnhop`] with global flags before the verb.
     pub fn vpnhop_with(&self, globals: &[&str], args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.srv))
-            .arg(vpnhop_bin())
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.srv));
+        if self.shared_mounts {
+            cmd.args(["unshare", "--mount", "--propagation", "shared"]);
+        }
+        cmd.arg(vpnhop_bin())
             .arg("--root")
             .arg(self.root())
             .args(globals)

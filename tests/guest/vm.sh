@@ -236,7 +236,7 @@ vm_teardown() {
     [[ $VM_TORN_DOWN -eq 0 ]] || return 0
     VM_TORN_DOWN=1
     if declare -F vm_cleanup_hook >/dev/null; then
-        vm_cleanup_hook || guest_log "vm_cleanup_hook failed"
+        vm_cleanup_hook "$rc" || guest_log "vm_cleanup_hook failed"
     fi
     vm_stop
     if [[ $VM_NET_UP -eq 1 ]]; then

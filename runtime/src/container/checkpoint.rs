@@ -55,8 +55,8 @@ pub fn checkpoint(
     let _ = fs::remove_dir_all(partial.path());
     partial.create()?;
 
-    let dump_ms = match write_images(store, state, criu, &partial, pid, stdio, leave_running) {
-        Ok(ms) => ms,
+    let timing = match write_images(store, state, criu, &partial, pid, stdio, leave_running) {
+        Ok(timing) => timing,
         Err(Failure { error, dumped }) => {
             if dumped && !leave_running {
                 resume(store, state, pid);
@@ -73,9 +73,12 @@ pub fn checkpoint(
         let _ = fs::remove_dir_all(partial.path());
         return Err(error);
     }
+    let criu_phases = criu::stats::read_dump(&store.criu_work(name));
     let stats = CheckpointStats {
-        frozen_ms: dump_stats_frozen_ms(&store.criu_work(name)),
-        dump_ms,
+        frozen_ms: criu_phases.map(|p| p.frozen_ms),
+        criu: criu_phases,
+        dump_ms: timing.dump_ms,
+        seal_ms: timing.seal_ms,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         image_bytes: image::du(image_dir),
     };
@@ -103,6 +106,12 @@ impl<E: Into<ContainerError>> From<E> for Failure {
     }
 }
 
+/// Wall times of the two steps of [`write_images`] (ms).
+struct DumpTiming {
+    dump_ms: f64,
+    seal_ms: f64,
+}
+
 fn write_images(
     store: &Store,
     state: &ContainerState,
@@ -111,7 +120,7 @@ fn write_images(
     pid: i32,
     stdio: Vec<String>,
     leave_running: bool,
-) -> Result<f64, Failure> {
+) -> Result<DumpTiming, Failure> {
     let spec_src = store.runtime_bundle(&state.name).join(SPEC_FILE);
     let spec_dst = image.path().join(SPEC_FILE);
     fs::copy(&spec_src, &spec_dst).map_err(|source| ContainerError::Copy {
@@ -170,12 +179,12 @@ fn write_images(
     // Everything reaches the disk before the directory gets its final name: after a reboot
     // it is all a restore has.
     image.seal().map_err(|e| dumped(e.into()))?;
-    tracing::debug!(
-        container = %state.name,
-        seal_ms = after_dump.elapsed().as_secs_f64() * 1e3,
-        "images sealed"
-    );
-    Ok(took.as_secs_f64() * 1e3)
+    let seal_ms = after_dump.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(container = %state.name, seal_ms, "images sealed");
+    Ok(DumpTiming {
+        dump_ms: took.as_secs_f64() * 1e3,
+        seal_ms,
+    })
 }
 
 /// Undoes `--leave-stopped` after a dump whose images could not be kept: lifts CRIU's network
@@ -216,102 +225,9 @@ fn replace_dir(partial: &Path, dst: &Path) -> Result<(), ContainerError> {
     fsutil::sync_dir(parent).map_err(io_err(parent))
 }
 
-/// Frozen time of the last dump in ms, read from the `stats-dump` file CRIU leaves in its work
-/// directory.
-///
-/// The file holds CRIU's magic numbers, a 32-bit length and one protobuf `StatsEntry` whose
-/// field 1 is a `DumpStatsEntry` with `frozen_time` (µs) as field 2.
-pub fn dump_stats_frozen_ms(work_dir: &Path) -> Option<f64> {
-    let data = fs::read(work_dir.join("stats-dump")).ok()?;
-
-    let entry = [4usize, 8].into_iter().find_map(|off| {
-        let len = u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?) as usize;
-        (off + 4 + len == data.len()).then(|| &data[off + 4..])
-    })?;
-    let dump = protobuf_field(entry, 1)?.bytes?;
-    let frozen_us = protobuf_field(dump, 2)?.varint?;
-    Some(frozen_us as f64 / 1e3)
-}
-
-struct Field<'a> {
-    varint: Option<u64>,
-    bytes: Option<&'a [u8]>,
-}
-
-/// Finds field `want` in a protobuf message (varint and length-delimited fields only).
-fn protobuf_field(mut buf: &[u8], want: u64) -> Option<Field<'_>> {
-    fn varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = buf.split_first()?;
-            *buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        let (number, wire) = (key >> 3, key & 7);
-        let field = match wire {
-            0 => Field {
-                varint: Some(varint(&mut buf)?),
-                bytes: None,
-            },
-            2 => {
-                let len = varint(&mut buf)? as usize;
-                let bytes = buf.get(..len)?;
-                buf = &buf[len..];
-                Field {
-                    varint: None,
-                    bytes: Some(bytes),
-                }
-            }
-            1 => {
-                buf = buf.get(8..)?;
-                Field {
-                    varint: None,
-                    bytes: None,
-                }
-            }
-            5 => {
-                buf = buf.get(4..)?;
-                Field {
-                    varint: None,
-                    bytes: None,
-                }
-            }
-            _ => return None,
-        };
-        if number == want {
-            return Some(field);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frozen_time_is_read_from_a_stats_image() {
-        // magic, magic, len, StatsEntry{ dump: DumpStatsEntry{ freezing_time: 5, frozen_time:
-        // 94000 } }
-        let dump = [0x08, 0x05, 0x10, 0xb0, 0xde, 0x05];
-        let mut entry = vec![0x0a, dump.len() as u8];
-        entry.extend_from_slice(&dump);
-        let mut file = vec![1, 2, 3, 4, 5, 6, 7, 8];
-        file.extend_from_slice(&(entry.len() as u32).to_le_bytes());
-        file.extend_from_slice(&entry);
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("stats-dump"), &file).expect("write");
-        assert_eq!(dump_stats_frozen_ms(dir.path()), Some(94.0));
-    }
 
     #[test]
     fn replacing_keeps_only_the_new_checkpoint() {

@@ -31,6 +31,7 @@ pub fn create(
     network::enable_forwarding()?;
     network::ensure_loopback_up()?;
     network::install_ports(wiring)?;
+    network::flush_stale_flows(wiring).wait();
     tracing::info!(container = %name, bridge = %wiring.bridge, "host side ready");
 
     let (shim_ends, container_ends) = stdio_pipes(name)?;

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use cgroups::{check_cgroups, pids};
-pub use checkpoint::{checkpoint, dump_stats_frozen_ms};
+pub use checkpoint::checkpoint;
 pub use cleanup::{cleanup, teardown_after_exit};
 pub use create::create;
 pub use restore::restore;

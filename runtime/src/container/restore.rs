@@ -13,7 +13,7 @@ use oci_spec::runtime::Spec;
 
 use super::{cgroups, io_err, stdio_pipes, ContainerError, ShimStdio};
 use crate::bundle::{cgroup_path, write_spec, BundleError};
-use crate::criu::{Criu, RestoreOptions};
+use crate::criu::{self, Criu, RestoreOptions};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, SPEC_FILE};
 use crate::network::{self, NetError};
@@ -66,7 +66,11 @@ pub fn restore(
     network::enable_forwarding()?;
     network::ensure_loopback_up()?;
     network::install_ports(wiring)?;
+    // Runs beside CRIU and is collected after it: the walk of the conntrack table stays out of
+    // the clients' wait.
+    let flush = network::flush_stale_flows(wiring);
     network::seed_neighbour(wiring)?;
+    let wiring_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let work = store.criu_work(name);
     fsutil::create_private_dir(&work).map_err(io_err(&work))?;
@@ -86,9 +90,11 @@ pub fn restore(
         }
     }
 
-    tracing::debug!(container = %name, ms = started.elapsed().as_secs_f64() * 1e3, "host side ready");
+    let before_cgroups = Instant::now();
     let placement = cgroups::enter(name, &spec)?;
+    let cgroups_ms = before_cgroups.elapsed().as_secs_f64() * 1e3;
     let host_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(container = %name, host_ms, wiring_ms, cgroups_ms, "host side ready");
 
     let opts = RestoreOptions {
         images_dir: image.criu_dir(),
@@ -115,6 +121,7 @@ pub fn restore(
     });
     let left = cgroups::leave(name, &placement);
     drop(container_ends);
+    flush.wait();
     let took = result?;
     left?;
 
@@ -126,9 +133,13 @@ pub fn restore(
 
     let stats = RestoreStats {
         host_ms,
+        wiring_ms,
+        cgroups_ms,
         restore_ms: took.as_secs_f64() * 1e3,
+        criu: criu::stats::read_restore(&work),
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         image_bytes: image::du(image.path()),
+        ..RestoreStats::default()
     };
     tracing::info!(container = %name, pid, restore_ms = stats.restore_ms, "restored");
     Ok((pid, shim_ends, stats))

@@ -8,6 +8,7 @@
 //! so that `rm` removes exactly that and `restore` rebuilds exactly that.
 
 mod bridge;
+mod conntrack;
 mod netlink;
 mod ports;
 mod veth;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge, seed_neighbour};
+pub use conntrack::{flush_stale_flows, Flush, CONNTRACK};
 pub use ports::{install_ports, remove_inet_table_in, remove_ports};
 pub use veth::{attach_container, link_exists, remove_host_veth, wait_link_gone};
 

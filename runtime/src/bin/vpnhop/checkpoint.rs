@@ -84,10 +84,18 @@ fn print_stats(stats: &CheckpointStats, format: Format) -> anyhow::Result<()> {
                 .frozen_ms
                 .map(|ms| format!("{ms:.1}"))
                 .unwrap_or("-".into());
-            println!("frozen_ms    {frozen:>10}");
-            println!("dump_ms      {:>10.1}", stats.dump_ms);
-            println!("total_ms     {:>10.1}", stats.total_ms);
-            println!("image_bytes  {:>10}", stats.image_bytes);
+            println!("dump_ms           {:>10.1}", stats.dump_ms);
+            if let Some(p) = stats.criu {
+                println!("  freezing_ms     {:>10.1}", p.freezing_ms);
+            }
+            println!("  frozen_ms       {frozen:>10}");
+            if let Some(p) = stats.criu {
+                println!("    memdump_ms    {:>10.1}", p.memdump_ms);
+                println!("    memwrite_ms   {:>10.1}", p.memwrite_ms);
+            }
+            println!("seal_ms           {:>10.1}", stats.seal_ms);
+            println!("total_ms          {:>10.1}", stats.total_ms);
+            println!("image_bytes       {:>10}", stats.image_bytes);
         }
     }
     Ok(())

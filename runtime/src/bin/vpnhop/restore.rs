@@ -1,6 +1,7 @@
 //! `vpnhop restore`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::bail;
 use vpnhop::config;
@@ -113,7 +114,9 @@ pub fn restore_one(
     container::check_cgroups()?;
     let dir = dir.to_path_buf();
     let image = ImageDir::new(&dir);
+    let started = Instant::now();
     let meta = image.verify()?;
+    let verify_ms = ms_since(started);
 
     // The same container must never run twice: not beside the process it was dumped from, and
     // not beside an earlier restore of the same image.
@@ -181,6 +184,7 @@ pub fn restore_one(
         "--criu".as_ref(),
         criu.path().as_os_str(),
     ];
+    let spawned = Instant::now();
     let ready = match spawn::start_shim(g, &name, &mode) {
         Ok((ready, _child)) => ready,
         Err(err) => {
@@ -191,8 +195,13 @@ pub fn restore_one(
         }
     };
 
+    let shim_ms = ms_since(spawned);
     let stats = match ready {
-        Ready::Started { restore, .. } => restore.unwrap_or_default(),
+        Ready::Started { restore, .. } => RestoreStats {
+            verify_ms,
+            shim_ms,
+            ..restore.unwrap_or_default()
+        },
         Ready::Failed { message } => match g.store.keep_failed(&name) {
             Ok(kept) => bail!("{message}; logs kept in `{}`", kept.display()),
             Err(_) => bail!("{message}"),
@@ -238,14 +247,25 @@ fn take_over_checkpointed(
     Ok(kept.then_some(carried))
 }
 
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
 fn print_stats(stats: &RestoreStats, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string(stats)?),
         Format::Table => {
-            println!("host_ms      {:>10.1}", stats.host_ms);
-            println!("restore_ms   {:>10.1}", stats.restore_ms);
-            println!("total_ms     {:>10.1}", stats.total_ms);
-            println!("image_bytes  {:>10}", stats.image_bytes);
+            println!("verify_ms         {:>10.1}", stats.verify_ms);
+            println!("shim_ms           {:>10.1}", stats.shim_ms);
+            println!("  wiring_ms       {:>10.1}", stats.wiring_ms);
+            println!("  cgroups_ms      {:>10.1}", stats.cgroups_ms);
+            println!("  restore_ms      {:>10.1}", stats.restore_ms);
+            if let Some(p) = stats.criu {
+                println!("    forking_ms    {:>10.1}", p.forking_ms);
+                println!("    criu_tasks_ms {:>10.1}", p.restore_ms);
+            }
+            println!("  total_ms        {:>10.1}", stats.total_ms);
+            println!("image_bytes       {:>10}", stats.image_bytes);
         }
     }
     Ok(())

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use thiserror::Error;
 
+pub mod stats;
+
 /// Errors of CRIU invocations.
 #[derive(Debug, Error)]
 pub enum CriuError {

@@ -419,7 +419,8 @@ fn failing_criu_leaves_the_container_running() {
     fs::write(
         &sealer,
         format!(
-            "#!/bin/sh\n{criu} \"$@\" || exit $?\n\
+            // CRIU (and so this wrapper) may run with a PATH of CRIU's helpers only.
+            "#!/bin/sh\nPATH=/usr/sbin:/usr/bin:/sbin:/bin\n{criu} \"$@\" || exit $?\n\
              if [ \"$1\" = dump ]; then\n\
                while [ $# -gt 0 ]; do [ \"$1\" = --images-dir ] && chattr +i \"$(dirname \"$2\")\"; shift; done\n\
              fi\n",

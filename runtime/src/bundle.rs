@@ -185,7 +185,18 @@ pub fn write_spec(dir: &Path, spec: &Spec) -> Result<(), BundleError> {
     };
 
     fs::create_dir_all(dir).map_err(wrap)?;
-    let mut data = serde_json::to_vec_pretty(spec).map_err(|e| wrap(std::io::Error::other(e)))?;
+    let mut json = serde_json::to_value(spec).map_err(|e| wrap(std::io::Error::other(e)))?;
+    // oci-spec keeps capability sets in hash sets, which serialize in any order: sorted, the
+    // same spec always gives the same file.
+    if let Some(sets) = json
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for set in sets.values_mut().filter_map(|s| s.as_array_mut()) {
+            set.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+    let mut data = serde_json::to_vec_pretty(&json).map_err(|e| wrap(std::io::Error::other(e)))?;
     data.push(b'\n');
     crate::fsutil::write_atomic(&path, &data, 0o644, crate::fsutil::Durability::Volatile)
         .map_err(wrap)
@@ -262,6 +273,11 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
             .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
             .build()
     };
+    // Only what the server needs, and no file system it could write to but the tmpfs on /dev
+    // (which server.conf makes OpenVPN's `tmp-dir`: it refuses to start without a writable
+    // one, and writes nothing there without scripts). Each tmpfs is one more `tar` that CRIU
+    // runs while the clients wait, at dump and again at restore: no /tmp, /run, /dev/shm or
+    // mqueue.
     let mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -281,30 +297,6 @@ pub fn openvpn_spec() -> Result<Spec, OciSpecError> {
                 "ptmxmode=0666",
                 "mode=0620",
             ],
-        )?,
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        )?,
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        )?,
-        mount(
-            "/tmp",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "nodev", "noexec", "mode=1777", "size=16m"],
-        )?,
-        mount(
-            "/run",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "nodev", "noexec", "mode=755", "size=16m"],
         )?,
     ];
 

@@ -12,6 +12,11 @@ pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/vpnhop/checkpoints";
 /// The CRIU 4.x that `scripts/setup.sh` builds from Debian's source package.
 pub const DEFAULT_CRIU: &str = "/opt/vpnhop/criu/sbin/criu";
 
+/// Where vpnhop links the helper programs CRIU may run when it must not find the iptables
+/// tools (see `criu::Iptables`). Not under /run: CRIU mounts a tmpfs of its own over /run while
+/// it restores a network namespace, and would not find them there.
+pub const CRIU_HELPERS: &str = "/var/lib/vpnhop/criu-helpers";
+
 /// Bridge that container veths are attached to unless `--bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "vpnhop0";
 

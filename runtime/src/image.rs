@@ -144,6 +144,10 @@ pub struct ImageMeta {
     /// CRIU's network lock at dump; a restore must use the same.
     #[serde(default)]
     pub network_lock: crate::criu::NetworkLock,
+    /// Which iptables tools CRIU was given at dump; a restore gives it the same. Images from
+    /// before this field get the full set.
+    #[serde(default)]
+    pub iptables: crate::criu::Iptables,
 }
 
 /// `restored.json`: which process a restore produced.
@@ -380,6 +384,7 @@ mod tests {
             },
             leave_running: false,
             network_lock: crate::criu::NetworkLock::Skip,
+            iptables: crate::criu::Iptables::None,
         }
     }
 

@@ -15,9 +15,11 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Whether `pid` is alive and still the process that started at `start` (when given). A zombie
-/// counts as dead: its parent may take a while to reap it.
+/// counts as dead: its parent may take a while to reap it. So does a process that is exiting or
+/// has SIGKILL pending: it never runs its own code again, though closing its files (a tun
+/// device among them) can take a while.
 pub fn is_alive(pid: i32, start: Option<u64>) -> bool {
-    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() || is_zombie(pid) {
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() || is_zombie(pid) || is_dying(pid) {
         return false;
     }
 
@@ -34,6 +36,34 @@ pub fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|stat| stat.rfind(')').map(|i| stat[i + 2..].starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// Whether `pid` is on its way out: exiting (`PF_EXITING` in field 9 of `/proc/PID/stat`) or
+/// with SIGKILL pending for it or its thread group (`SigPnd`, `ShdPnd` in `/proc/PID/status`).
+pub fn is_dying(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    dying(&stat, &status)
+}
+
+fn dying(stat: &str, status: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+
+    let exiting = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    let killed = status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & SIGKILL_BIT != 0);
+    exiting || killed
 }
 
 /// Resident memory of `pid` in bytes (VmRSS).
@@ -75,6 +105,38 @@ mod tests {
         assert!(is_alive(me, Some(start)));
         assert!(!is_alive(me, Some(start + 1)));
         assert!(!is_zombie(me));
+    }
+
+    /// A checkpointed container's init was still closing its tun device when a restore that
+    /// followed at once looked at it, and the restore refused "a second copy".
+    #[test]
+    fn exiting_or_killed_processes_are_dying() {
+        let stat = |flags: u64| format!("42 (open vpn) R 1 42 42 0 -1 {flags} 0 0");
+        let status =
+            |pnd: &str, shd: &str| format!("Name:\topenvpn\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\n");
+
+        assert!(!dying(
+            &stat(0x400100),
+            &status("0000000000000000", "0000000000000000")
+        ));
+        assert!(dying(
+            &stat(0x400104),
+            &status("0000000000000000", "0000000000000000")
+        ));
+        assert!(dying(
+            &stat(0x400100),
+            &status("0000000000000100", "0000000000000000")
+        ));
+        assert!(dying(
+            &stat(0x400100),
+            &status("0000000000000000", "0000000000000100")
+        ));
+        // SIGTERM pending is no death sentence.
+        assert!(!dying(
+            &stat(0x400100),
+            &status("0000000000004000", "0000000000000000")
+        ));
+        assert!(!is_dying(std::process::id() as i32));
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub struct RestoreStats {
     pub shim_ms: f64,
     /// Rebuilding the host side: bridge, rules, cgroups (ms).
     pub host_ms: f64,
-    /// The network part of `host_ms`: bridge, forwarding, published ports, neighbour entry (ms).
+    /// The netlink part of `host_ms`: bridge, forwarding, neighbour entry (ms). The published
+    /// ports' `nft` runs beside it and beside the cgroups.
     #[serde(default)]
     pub wiring_ms: f64,
     /// The cgroup part of `host_ms`: creating the container's cgroups and entering them (ms).

@@ -230,12 +230,11 @@ impl Monitor {
 
         state.checkpoint = Some(image_dir.to_path_buf());
         if !leave_running {
-            // CRIU left the tree stopped; the images are sealed, so it can go. Its host side
-            // is removed once the answer is out (see `handle`).
-            // Waiting for the exit (a few ms) keeps a restore that follows at once from seeing
-            // the dumped process still there.
+            // CRIU left the tree stopped; the images are sealed, so it can go. Its exit (the
+            // tun device closes then, which takes a while) and its host side are waited for once
+            // the answer is out (see `handle`): a process with SIGKILL pending already counts
+            // as gone for a restore that follows at once.
             let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-            self.exit.wait(Duration::from_secs(10));
             state.status = Status::Checkpointed;
             self.checkpointed = Some(image_dir.to_path_buf());
             self.teardown = Some(state.clone());

@@ -10,7 +10,7 @@ use nix::fcntl::{renameat2, RenameFlags};
 use nix::sys::signal::Signal;
 
 use super::{io_err, ContainerError};
-use crate::criu::{self, Criu, DumpOptions, NetworkLock, DUMP_LOG};
+use crate::criu::{self, Criu, DumpOptions, Iptables, NetworkLock, DUMP_LOG};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, ProcessRef, Versions, FORMAT, META_FILE, SPEC_FILE};
 use crate::network;
@@ -151,6 +151,7 @@ fn write_images(
         },
         leave_running,
         network_lock: NetworkLock::for_tree(pid),
+        iptables: Iptables::for_tree(pid),
     };
     image.write_json(META_FILE, &meta)?;
 
@@ -165,6 +166,7 @@ fn write_images(
         work_dir: work.clone(),
         leave_running,
         network_lock: meta.network_lock,
+        iptables: meta.iptables,
         external_mounts: Vec::new(),
     })?;
     let dumped = |error: ContainerError| Failure {

@@ -27,11 +27,12 @@ pub fn create(
     let runtime_bundle = store.runtime_bundle(name);
     write_spec(&runtime_bundle, &bundle.runtime_spec(name))?;
 
+    // `nft` runs while libcontainer creates the container (a child process, so the shim stays
+    // single-threaded for libcontainer); the ports are in place before `run` returns.
+    let ports = network::start_install_ports(wiring)?;
     network::ensure_bridge(wiring)?;
     network::enable_forwarding()?;
     network::ensure_loopback_up()?;
-    network::install_ports(wiring)?;
-    network::flush_stale_flows(wiring).wait();
     tracing::info!(container = %name, bridge = %wiring.bridge, "host side ready");
 
     let (shim_ends, container_ends) = stdio_pipes(name)?;
@@ -62,10 +63,12 @@ pub fn create(
     let started = network::attach_container(wiring, &PathBuf::from(format!("/proc/{pid}/ns/net")))
         .map_err(ContainerError::from)
         .and_then(|()| container.start().map_err(lc_err));
-    if let Err(err) = started {
+    let published = started.and_then(|()| ports.wait().map_err(ContainerError::from));
+    if let Err(err) = published {
         let _ = container.delete(true);
         return Err(err);
     }
+    network::flush_stale_flows(wiring).wait();
 
     tracing::info!(container = %name, pid, address = %wiring.address, "container started");
     Ok((pid, shim_ends))

@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::mount::{mount, MsFlags};
@@ -62,13 +62,12 @@ pub fn restore(
     if network::link_exists(&wiring.host_veth)? {
         return Err(NetError::LinkExists(wiring.host_veth.clone()).into());
     }
+    // `nft` runs while the rest of the host side is prepared: the two are independent, and the
+    // cgroups take about as long as `nft` does.
+    let ports = network::start_install_ports(wiring)?;
     network::ensure_bridge(wiring)?;
     network::enable_forwarding()?;
     network::ensure_loopback_up()?;
-    network::install_ports(wiring)?;
-    // Runs beside CRIU and is collected after it: the walk of the conntrack table stays out of
-    // the clients' wait.
-    let flush = network::flush_stale_flows(wiring);
     network::seed_neighbour(wiring)?;
     let wiring_ms = started.elapsed().as_secs_f64() * 1e3;
 
@@ -93,6 +92,14 @@ pub fn restore(
     let before_cgroups = Instant::now();
     let placement = cgroups::enter(name, &spec)?;
     let cgroups_ms = before_cgroups.elapsed().as_secs_f64() * 1e3;
+    if let Err(err) = ports.wait() {
+        let _ = cgroups::leave(name, &placement);
+        return Err(err.into());
+    }
+    // Runs beside CRIU and is collected after it: the walk of the conntrack table stays out of
+    // the clients' wait. (Started from inside the container's cgroups, it counts there for the
+    // moment it lives; it opens no device.)
+    let flush = network::flush_stale_flows(wiring);
     let host_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(container = %name, host_ms, wiring_ms, cgroups_ms, "host side ready");
 
@@ -109,6 +116,7 @@ pub fn restore(
         inherit_fds,
         external_mounts: Vec::new(),
         network_lock: meta.network_lock,
+        iptables: meta.iptables,
     };
     let result = criu.restore(&opts, |cmd| {
         let rootfs = rootfs.clone();
@@ -130,6 +138,13 @@ pub fn restore(
         .trim()
         .parse()
         .map_err(|_| ContainerError::NotRunning(name.clone()))?;
+
+    // The tree already runs: a failure here costs at most a second's ARP retry, not the
+    // restore.
+    let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    if let Err(err) = network::seed_gateway_neighbour(wiring, &netns) {
+        tracing::warn!(container = %name, "seeding the gateway's neighbour entry: {err}");
+    }
 
     let stats = RestoreStats {
         host_ms,

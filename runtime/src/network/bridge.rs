@@ -1,7 +1,9 @@
 //! The bridge every container's host-side veth end is attached to.
 
 use std::net::IpAddr;
+use std::path::Path;
 
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::{LinkBridge, LinkUnspec};
 
@@ -84,6 +86,45 @@ pub fn seed_neighbour(wiring: &Wiring) -> Result<(), NetError> {
     nl.run(request).map_err(|source| NetError::Netlink {
         op: "adding neighbour entry for",
         object: wiring.address.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Tells the restored container the gateway's MAC address (the bridge's), in its network
+/// namespace `netns` (a `/proc/PID/ns/net` path); equivalent to `nsenter --net=NETNS ip neigh
+/// replace GW lladdr BRIDGE_MAC dev eth0 nud reachable`.
+///
+/// CRIU restores no neighbour entries, so the restored server must ask for the gateway before
+/// its first reply can leave. It resumes as soon as CRIU has put the host end of its veth on the
+/// bridge, and the bridge forwards through that port only once the kernel has noticed the
+/// link's carrier, a moment later. An ARP request sent in between is lost, and the kernel asks
+/// again only a second later, with the replies queued behind it: the occasional one-second
+/// stall after a restore. Writing the entry releases them at once.
+pub fn seed_gateway_neighbour(wiring: &Wiring, netns: &Path) -> Result<(), NetError> {
+    let host = Netlink::current()?;
+    let Some(bridge) = host.link(&wiring.bridge)? else {
+        return Err(NetError::LinkNotFound(wiring.bridge.clone()));
+    };
+    let Some(mac) = bridge.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => Some(mac.clone()),
+        _ => None,
+    }) else {
+        return Ok(());
+    };
+
+    let inner = Netlink::in_netns(netns)?;
+    let index = inner.index(&wiring.inner_veth)?;
+    let request = inner
+        .handle()
+        .neighbours()
+        .add(index, IpAddr::V4(wiring.gateway))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Reachable)
+        .replace()
+        .execute();
+    inner.run(request).map_err(|source| NetError::Netlink {
+        op: "adding the container's neighbour entry for",
+        object: wiring.gateway.to_string(),
         source: Box::new(source),
     })
 }

@@ -22,9 +22,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use bridge::{bridge_in_use, ensure_bridge, remove_bridge, seed_neighbour};
+pub use bridge::{
+    bridge_in_use, ensure_bridge, remove_bridge, seed_gateway_neighbour, seed_neighbour,
+};
 pub use conntrack::{flush_stale_flows, Flush, CONNTRACK};
-pub use ports::{install_ports, remove_inet_table_in, remove_ports};
+pub use ports::{
+    install_ports, remove_inet_table_in, remove_ports, start_install_ports, PendingPorts,
+};
 pub use veth::{attach_container, link_exists, remove_host_veth, wait_link_gone};
 
 /// Errors of the network wiring.

@@ -13,8 +13,13 @@ use nftables::helper::{apply_ruleset, NftablesError};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement, NAT};
 use nftables::types::{NfChainType, NfFamily, NfHook};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
 
 use super::{NetError, Wiring};
+
+/// The `nft` binary, looked up on `PATH` (as the `nftables` crate does).
+const NFT: &str = "nft";
 
 fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
@@ -157,12 +162,96 @@ pub(crate) fn ruleset(wiring: &Wiring) -> Batch<'static> {
 
 /// Installs the container's table, replacing one of the same name left by an earlier run.
 pub fn install_ports(wiring: &Wiring) -> Result<(), NetError> {
-    apply_ruleset(&ruleset(wiring).to_nftables()).map_err(|source| NetError::Nft {
-        table: wiring.nft_table.clone(),
+    start_install_ports(wiring)?.wait()
+}
+
+/// An `nft` run installing a container's table; [`PendingPorts::wait`] collects it, and so does
+/// dropping it (on an early return), so that no `nft` process is left unreaped.
+#[derive(Debug)]
+pub struct PendingPorts {
+    table: String,
+    child: Option<Child>,
+}
+
+/// Starts installing the container's table (`nft -j -f -` with the rule set of [`ruleset`] on
+/// its stdin) and returns without waiting, so that the caller can prepare the rest of the host
+/// meanwhile.
+pub fn start_install_ports(wiring: &Wiring) -> Result<PendingPorts, NetError> {
+    let table = wiring.nft_table.clone();
+    let failed = |source| NetError::Nft {
+        table: table.clone(),
         source: Box::new(source),
+    };
+    let payload =
+        serde_json::to_vec(&ruleset(wiring).to_nftables()).map_err(NftablesError::NftInvalidJson);
+    let payload = payload.map_err(failed)?;
+
+    let spawned = Command::new(NFT)
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = spawned.map_err(|inner| {
+        failed(NftablesError::NftExecution {
+            program: NFT.into(),
+            inner,
+        })
     })?;
-    tracing::debug!(table = %wiring.nft_table, ports = wiring.ports.len(), "ports published");
-    Ok(())
+    // A rule set of a few ports fits in the pipe: this write does not wait for `nft`.
+    if let Some(mut stdin) = child.stdin.take() {
+        let written = stdin.write_all(&payload);
+        drop(stdin);
+        if let Err(inner) = written {
+            let _ = child.wait();
+            return Err(failed(NftablesError::NftExecution {
+                program: NFT.into(),
+                inner,
+            }));
+        }
+    }
+    Ok(PendingPorts {
+        table: wiring.nft_table.clone(),
+        child: Some(child),
+    })
+}
+
+impl PendingPorts {
+    /// Waits for `nft`; an error carries what it printed.
+    pub fn wait(mut self) -> Result<(), NetError> {
+        let Some(child) = self.child.take() else {
+            return Ok(());
+        };
+        let failed = |source| NetError::Nft {
+            table: self.table.clone(),
+            source: Box::new(source),
+        };
+
+        let output = child.wait_with_output().map_err(|inner| {
+            failed(NftablesError::NftExecution {
+                program: NFT.into(),
+                inner,
+            })
+        })?;
+        if !output.status.success() {
+            return Err(failed(NftablesError::NftFailed {
+                program: NFT.into(),
+                hint: "applying the container's table".to_string(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            }));
+        }
+        tracing::debug!(table = %self.table, "ports published");
+        Ok(())
+    }
+}
+
+impl Drop for PendingPorts {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Deletes the container's table if it exists (equivalent to `nft delete table ip NAME`).

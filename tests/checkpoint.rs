@@ -85,6 +85,45 @@ fn reboot_simulation_keeps_the_client_tunnels() {
     }
 }
 
+/// The shim of a checkpointed container tears its host side down after answering. A restore
+/// that follows at once, as in the benchmark's simulated reboot, may already have joined cgroups
+/// of the same path: the teardown killed everything in them, the restored tree included. A
+/// process put into the container's cgroup beside the tree stands in for that tree here.
+#[test]
+fn the_teardown_after_a_checkpoint_kills_nothing_in_the_cgroups() {
+    require_privileged!();
+    let mut world = World::new();
+    let name = world.name("vpn");
+    let image = world.images().join(&name);
+    let image_arg = image.to_str().expect("utf-8 path");
+
+    world.run_openvpn(&name);
+    let old_shim = world.inspect(&name)["shim_pid"].as_i64().expect("shim");
+    let procs = ["pids", "unified"]
+        .iter()
+        .map(|h| format!("/sys/fs/cgroup/{h}/vpnhop/{name}/cgroup.procs"))
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("the container's cgroup");
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let pid = bystander.id() as i64;
+    fs::write(&procs, pid.to_string()).expect("joining the container's cgroup");
+
+    world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+    let old_gone = common::gone_within(old_shim, Duration::from_secs(10));
+    let survived = bystander.try_wait().expect("try_wait").is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(old_gone, "old shim {old_shim} survived");
+    assert!(
+        survived,
+        "the teardown killed a process in the container's cgroups"
+    );
+
+    world.reboot_server_host();
+    world.ok(&["restore", image_arg]);
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+}
+
 /// A host whose root mount is shared (systemd's default) ties a container's mounts to the host's
 /// unless the runtime makes them private; the images then recorded that tie, and a restore
 /// on a freshly booted host failed with "Failed to copy sharing from source".

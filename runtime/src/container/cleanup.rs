@@ -6,14 +6,14 @@ use super::{cgroups, ContainerError};
 use crate::network;
 use crate::state::{ContainerState, Store};
 
-/// After the container's init has exited: drop its published ports and cgroups and wait until
-/// the kernel has torn down its network namespace (the host veth disappears with it), so that
-/// the same names can be used again at once, as a restore on this host does.
+/// After the container's init has exited: drop its published ports and its (empty) cgroups and
+/// wait until the kernel has torn down its network namespace (the host veth disappears with
+/// it), so that the same names can be used again at once, as a restore on this host does.
 pub fn teardown_after_exit(state: &ContainerState) -> Result<(), ContainerError> {
     let wiring = &state.network;
 
     network::remove_ports(wiring)?;
-    cgroups::remove(&state.name)?;
+    cgroups::remove_if_empty(&state.name);
     network::remove_host_veth(&wiring.host_veth)?;
     network::wait_link_gone(&wiring.host_veth, Duration::from_secs(5))?;
     Ok(())

@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -121,6 +122,7 @@ impl Monitor {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
+        let bound = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
 
         while self.exit.get().is_none() {
             let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
@@ -141,7 +143,12 @@ impl Monitor {
             }
         }
 
-        let _ = std::fs::remove_file(&path);
+        // Only our own socket: after a simulated reboot (the state root wiped while this shim
+        // was tearing down), the path may already belong to the shim of the restored container.
+        let current = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+        if current.is_some() && current == bound {
+            let _ = std::fs::remove_file(&path);
+        }
         Ok(())
     }
 
@@ -251,6 +258,12 @@ impl Monitor {
         let Ok(mut state) = self.store.load(&self.name) else {
             return;
         };
+        // The state root may have been wiped and the name restored by another shim meanwhile:
+        // its state is not ours to write.
+        if state.shim_pid != Some(std::process::id() as i32) {
+            tracing::info!(container = %self.name, "state belongs to another shim now; left alone");
+            return;
+        }
 
         state.finished = Some(chrono::Utc::now());
         state.exit_code = self.exit.get();

@@ -46,28 +46,6 @@ pub(crate) fn remove(name: &str) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// Deletes the container's cgroups where they are empty, and the common `vpnhop` parent where
-/// no container is left in it; kills nothing.
-///
-/// For the shim of a checkpointed container, whose tree has exited: a restore of the same
-/// image under the same name may already have joined cgroups of the same path (the images
-/// say nothing of which boot they belong to), and removing them the way [`remove`] does would
-/// kill the restored tree.
-pub(crate) fn remove_if_empty(name: &str) {
-    let path = cgroup_path(name);
-    let relative = path.strip_prefix("/").unwrap_or(&path);
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-
-    for mount in cgroup_mounts(&mountinfo) {
-        let dir = mount.join(relative);
-        // EBUSY while a process is inside; ENOENT where the hierarchy never had it.
-        let _ = fs::remove_dir(&dir);
-        if let Some(parent) = dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-    }
-}
-
 /// Checks that the cgroup hierarchies are where libcgroups looks for them. `ip netns exec`
 /// mounts a fresh sysfs over /sys, hiding them: run vpnhop with `nsenter --net` there.
 pub fn check_cgroups() -> Result<(), ContainerError> {

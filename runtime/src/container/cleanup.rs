@@ -6,14 +6,18 @@ use super::{cgroups, ContainerError};
 use crate::network;
 use crate::state::{ContainerState, Store};
 
-/// After the container's init has exited: drop its published ports and its (empty) cgroups and
-/// wait until the kernel has torn down its network namespace (the host veth disappears with
-/// it), so that the same names can be used again at once, as a restore on this host does.
+/// After the container's init has exited: drop its published ports and wait until the kernel
+/// has torn down its network namespace (the host veth disappears with it), so that the same
+/// names can be used again at once, as a restore on this host does.
+///
+/// The (empty) cgroups stay, for `rm` to remove or a restore to use again: a restore of the
+/// same image under the same name that follows at once, as after a simulated reboot, may be
+/// creating and joining cgroups of the same path right now, and removing them then would kill
+/// the restored tree or pull the directories from under its set-up.
 pub fn teardown_after_exit(state: &ContainerState) -> Result<(), ContainerError> {
     let wiring = &state.network;
 
     network::remove_ports(wiring)?;
-    cgroups::remove_if_empty(&state.name);
     network::remove_host_veth(&wiring.host_veth)?;
     network::wait_link_gone(&wiring.host_veth, Duration::from_secs(5))?;
     Ok(())

@@ -606,6 +606,27 @@ pub fn has_cgroup(name: &str) -> bool {
         .any(|c| Path::new(&format!("/sys/fs/cgroup/{c}/vpnhop/{name}")).exists())
 }
 
+/// Removes the empty cgroups `vpnhop/*-TAG` of every hierarchy, and `vpnhop` itself where no
+/// container is left in it. Kills nothing: a cgroup with a process in it stays.
+fn remove_cgroups_of(tag: &str) {
+    let suffix = format!("-{tag}");
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let parent = hierarchy.path().join("vpnhop");
+        let Ok(groups) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for group in groups.flatten() {
+            if group.file_name().to_string_lossy().ends_with(&suffix) {
+                let _ = fs::remove_dir(group.path());
+            }
+        }
+        let _ = fs::remove_dir(&parent);
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         for c in &mut self.clients {
@@ -624,6 +645,9 @@ impl Drop for World {
                 }
             }
         }
+        // Containers whose state went with a simulated reboot, or whose tree was restored by
+        // hand, have no entry left for `rm`: their (empty) cgroups go here.
+        remove_cgroups_of(&self.tag);
         self.delete_retired();
         let _ = sh(&format!("ip netns del {}", self.srv));
         let _ = sh(&format!("ip netns del {}", self.lan));

@@ -5,6 +5,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::Instant;
 
 use nix::mount::{mount, MsFlags};
@@ -62,14 +63,6 @@ pub fn restore(
     if network::link_exists(&wiring.host_veth)? {
         return Err(NetError::LinkExists(wiring.host_veth.clone()).into());
     }
-    // `nft` runs while the rest of the host side is prepared: the two are independent, and the
-    // cgroups take about as long as `nft` does.
-    let ports = network::start_install_ports(wiring)?;
-    network::ensure_bridge(wiring)?;
-    network::enable_forwarding()?;
-    network::ensure_loopback_up()?;
-    network::seed_neighbour(wiring)?;
-    let wiring_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let work = store.criu_work(name);
     fsutil::create_private_dir(&work).map_err(io_err(&work))?;
@@ -89,16 +82,32 @@ pub fn restore(
         }
     }
 
-    // TODO: the cgroups (~14 ms) are set up after the netlink work, and the shim moves in and
-    // out of them; created beside `nft` and joined by the CRIU child itself, they would leave
-    // the clients' wait.
-    let before_cgroups = Instant::now();
-    let placement = cgroups::enter(name, &spec)?;
-    let cgroups_ms = before_cgroups.elapsed().as_secs_f64() * 1e3;
-    if let Err(err) = ports.wait() {
-        let _ = cgroups::leave(name, &placement);
-        return Err(err.into());
-    }
+    // Three independent parts of the host side at once: `nft` in a child process, the cgroups
+    // (libcgroups takes about as long) on a thread of their own, the netlink work here. The
+    // thread moves the whole shim into the container's cgroups, and nothing forks until it is
+    // done: only what starts afterwards (the conntrack deletion, CRIU and its tree) is in them.
+    // Nothing between here and CRIU may fail without leaving them again.
+    let ports = network::start_install_ports(wiring)?;
+    let (entered, wired) = thread::scope(|scope| {
+        let entering = scope.spawn(|| {
+            let since = Instant::now();
+            cgroups::enter(name, &spec).map(|placement| (placement, ms_since(since)))
+        });
+        let wired = wire_host(wiring).map(|()| ms_since(started));
+        let entered = entering
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (entered, wired)
+    });
+    let (placement, cgroups_ms) = entered?;
+    let wiring_ms = match wired.and_then(|ms| ports.wait().map(|()| ms).map_err(Into::into)) {
+        Ok(ms) => ms,
+        Err(err) => {
+            let _ = cgroups::leave(name, &placement);
+            return Err(err);
+        }
+    };
+
     // Runs beside CRIU and is collected after it: the walk of the conntrack table stays out of
     // the clients' wait. (Started from inside the container's cgroups, it counts there for the
     // moment it lives; it opens no device.)
@@ -161,6 +170,20 @@ pub fn restore(
     };
     tracing::info!(container = %name, pid, restore_ms = stats.restore_ms, "restored");
     Ok((pid, shim_ends, stats))
+}
+
+/// The netlink part of the host side: bridge, forwarding, loopback, the container's neighbour
+/// entry.
+fn wire_host(wiring: &network::Wiring) -> Result<(), ContainerError> {
+    network::ensure_bridge(wiring)?;
+    network::enable_forwarding()?;
+    network::ensure_loopback_up()?;
+    network::seed_neighbour(wiring)?;
+    Ok(())
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }
 
 /// In CRIU's child: a private mount namespace in which the rootfs is a mount point (CRIU's

@@ -1,6 +1,6 @@
 //! The bridge every container's host-side veth end is attached to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -74,20 +74,8 @@ pub fn seed_neighbour(wiring: &Wiring) -> Result<(), NetError> {
     };
     let nl = Netlink::current()?;
     let index = nl.index(&wiring.bridge)?;
-
-    let request = nl
-        .handle()
-        .neighbours()
-        .add(index, IpAddr::V4(wiring.address))
-        .link_layer_address(&mac.0)
-        .state(NeighbourState::Reachable)
-        .replace()
-        .execute();
-    nl.run(request).map_err(|source| NetError::Netlink {
-        op: "adding neighbour entry for",
-        object: wiring.address.to_string(),
-        source: Box::new(source),
-    })
+    replace_neighbour(&nl, index, wiring.address, &mac.0)
+        .map_err(neighbour_err("adding neighbour entry for", wiring.address))
 }
 
 /// Tells the restored container the gateway's MAC address (the bridge's), in its network
@@ -114,19 +102,36 @@ pub fn seed_gateway_neighbour(wiring: &Wiring, netns: &Path) -> Result<(), NetEr
 
     let inner = Netlink::in_netns(netns)?;
     let index = inner.index(&wiring.inner_veth)?;
-    let request = inner
+    replace_neighbour(&inner, index, wiring.gateway, &mac).map_err(neighbour_err(
+        "adding the container's neighbour entry for",
+        wiring.gateway,
+    ))
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev INDEX nud reachable` on the connection `nl`.
+fn replace_neighbour(
+    nl: &Netlink,
+    index: u32,
+    addr: Ipv4Addr,
+    mac: &[u8],
+) -> Result<(), rtnetlink::Error> {
+    let request = nl
         .handle()
         .neighbours()
-        .add(index, IpAddr::V4(wiring.gateway))
-        .link_layer_address(&mac)
+        .add(index, IpAddr::V4(addr))
+        .link_layer_address(mac)
         .state(NeighbourState::Reachable)
         .replace()
         .execute();
-    inner.run(request).map_err(|source| NetError::Netlink {
-        op: "adding the container's neighbour entry for",
-        object: wiring.gateway.to_string(),
+    nl.run(request)
+}
+
+fn neighbour_err(op: &'static str, addr: Ipv4Addr) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| NetError::Netlink {
+        op,
+        object: addr.to_string(),
         source: Box::new(source),
-    })
+    }
 }
 
 /// Whether any interface is still attached to bridge `name`; false when it does not exist.

@@ -9,7 +9,7 @@ use chrono::Utc;
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::sys::signal::Signal;
 
-use super::{io_err, ContainerError};
+use super::{io_err, ms_since, ContainerError};
 use crate::criu::{self, Criu, DumpOptions, Iptables, NetworkLock, DUMP_LOG};
 use crate::fsutil;
 use crate::image::{self, ImageDir, ImageMeta, ProcessRef, Versions, FORMAT, META_FILE, SPEC_FILE};
@@ -79,7 +79,7 @@ pub fn checkpoint(
         criu: criu_phases,
         dump_ms: timing.dump_ms,
         seal_ms: timing.seal_ms,
-        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        total_ms: ms_since(started),
         image_bytes: image::du(image_dir),
     };
     tracing::info!(
@@ -181,7 +181,7 @@ fn write_images(
     // Everything reaches the disk before the directory gets its final name: after a reboot
     // it is all a restore has.
     image.seal().map_err(|e| dumped(e.into()))?;
-    let seal_ms = after_dump.elapsed().as_secs_f64() * 1e3;
+    let seal_ms = ms_since(after_dump);
     tracing::debug!(container = %state.name, seal_ms, "images sealed");
     Ok(DumpTiming {
         dump_ms: took.as_secs_f64() * 1e3,

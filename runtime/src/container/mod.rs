@@ -14,6 +14,7 @@ mod restore;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use thiserror::Error;
 
@@ -155,6 +156,11 @@ pub(crate) fn stdio_pipes(name: &str) -> Result<(ShimStdio, ContainerStdio), Con
             stderr: stderr_w,
         },
     ))
+}
+
+/// Milliseconds since `start`, as the verbs' statistics report them.
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }
 
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ContainerError {

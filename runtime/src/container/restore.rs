@@ -12,7 +12,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use oci_spec::runtime::Spec;
 
-use super::{cgroups, io_err, stdio_pipes, ContainerError, ShimStdio};
+use super::{cgroups, io_err, ms_since, stdio_pipes, ContainerError, ShimStdio};
 use crate::bundle::{cgroup_path, write_spec, BundleError};
 use crate::criu::{self, Criu, RestoreOptions};
 use crate::fsutil;
@@ -87,13 +87,14 @@ pub fn restore(
     // thread moves the whole shim into the container's cgroups, and nothing forks until it is
     // done: only what starts afterwards (the conntrack deletion, CRIU and its tree) is in them.
     // Nothing between here and CRIU may fail without leaving them again.
+    let host_started = Instant::now();
     let ports = network::start_install_ports(wiring)?;
     let (entered, wired) = thread::scope(|scope| {
         let entering = scope.spawn(|| {
             let since = Instant::now();
             cgroups::enter(name, &spec).map(|placement| (placement, ms_since(since)))
         });
-        let wired = wire_host(wiring).map(|()| ms_since(started));
+        let wired = wire_host(wiring).map(|()| ms_since(host_started));
         let entered = entering
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -112,7 +113,7 @@ pub fn restore(
     // the clients' wait. (Started from inside the container's cgroups, it counts there for the
     // moment it lives; it opens no device.)
     let flush = network::flush_stale_flows(wiring);
-    let host_ms = started.elapsed().as_secs_f64() * 1e3;
+    let host_ms = ms_since(started);
     tracing::debug!(container = %name, host_ms, wiring_ms, cgroups_ms, "host side ready");
 
     let opts = RestoreOptions {
@@ -164,7 +165,7 @@ pub fn restore(
         cgroups_ms,
         restore_ms: took.as_secs_f64() * 1e3,
         criu: criu::stats::read_restore(&work),
-        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        total_ms: ms_since(started),
         image_bytes: image::du(image.path()),
         ..RestoreStats::default()
     };
@@ -180,10 +181,6 @@ fn wire_host(wiring: &network::Wiring) -> Result<(), ContainerError> {
     network::ensure_loopback_up()?;
     network::seed_neighbour(wiring)?;
     Ok(())
-}
-
-fn ms_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
 }
 
 /// In CRIU's child: a private mount namespace in which the rootfs is a mount point (CRIU's

@@ -121,15 +121,13 @@ impl Criu {
     /// Dumps the process tree rooted at `opts.pid`; returns the wall time CRIU took.
     pub fn dump(&self, opts: &DumpOptions) -> Result<Duration, CriuError> {
         let log = opts.work_dir.join(DUMP_LOG);
-        let path = helper_path(opts.iptables);
-        let env = dump_env(std::env::var_os(FAULT_ENV).is_some());
-        self.run("dump", dump_args(opts), &log, |cmd| {
-            if let Some(path) = &path {
-                cmd.env("PATH", path);
-            }
-            cmd.envs(env.iter().copied());
-            Ok(())
-        })
+        let mut env = helper_env(opts.iptables);
+        env.extend(
+            dump_env(std::env::var_os(FAULT_ENV).is_some())
+                .into_iter()
+                .map(|(key, value)| (key, value.into())),
+        );
+        self.run("dump", dump_args(opts), &log, &env, |_| Ok(()))
     }
 
     /// Restores the images in `opts.images_dir`; returns the wall time CRIU took.
@@ -141,14 +139,8 @@ impl Criu {
         F: FnMut(&mut Command) -> io::Result<()>,
     {
         let log = opts.work_dir.join(RESTORE_LOG);
-        let path = helper_path(opts.iptables);
-        let mut prepare = prepare;
-        self.run("restore", restore_args(opts), &log, |cmd| {
-            if let Some(path) = &path {
-                cmd.env("PATH", path);
-            }
-            prepare(cmd)
-        })
+        let env = helper_env(opts.iptables);
+        self.run("restore", restore_args(opts), &log, &env, prepare)
     }
 
     fn run<F>(
@@ -156,6 +148,7 @@ impl Criu {
         verb: &'static str,
         args: Vec<OsString>,
         log: &Path,
+        env: &[(&str, OsString)],
         mut prepare: F,
     ) -> Result<Duration, CriuError>
     where
@@ -173,6 +166,7 @@ impl Criu {
         prepare_kdat_cache();
         let mut cmd = Command::new(&self.bin);
         cmd.args(&args)
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -357,9 +351,18 @@ pub fn dump_env(operator_set: bool) -> Vec<(&'static str, &'static str)> {
 /// `tar` and `gzip` for tmpfs contents, `sh` for its helper commands.
 pub const HELPERS: [&str; 4] = ["ip", "tar", "gzip", "sh"];
 
-/// The `PATH` CRIU runs with: none (the host's) for [`Iptables::Legacy`]; otherwise
-/// [`config::CRIU_HELPERS`], a directory holding links to [`HELPERS`] as the host's `PATH` finds
-/// them. If it cannot be made, CRIU gets the host's `PATH` and simply runs the iptables tools.
+/// The `PATH` CRIU runs with, as an environment entry: none (the host's) for
+/// [`Iptables::Legacy`]; otherwise [`config::CRIU_HELPERS`].
+fn helper_env(iptables: Iptables) -> Vec<(&'static str, OsString)> {
+    helper_path(iptables)
+        .map(|dir| ("PATH", dir.into_os_string()))
+        .into_iter()
+        .collect()
+}
+
+/// [`config::CRIU_HELPERS`] for [`Iptables::None`], a directory holding links to [`HELPERS`] as
+/// the host's `PATH` finds them; `None` for [`Iptables::Legacy`]. If it cannot be made, CRIU gets
+/// the host's `PATH` and simply runs the iptables tools.
 fn helper_path(iptables: Iptables) -> Option<PathBuf> {
     if iptables == Iptables::Legacy {
         return None;
@@ -456,9 +459,6 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<OsString> {
         "-v4".into(),
         "--network-lock".into(),
         opts.network_lock.as_str().into(),
-        // TODO: masked directories (/proc/acpi) are read-only tmpfs mounts, which CRIU archives
-        // with tar and gzip at dump and at restore (~4 ms each way); a read-only bind of an
-        // empty rootfs directory in the spec would spare that.
         // The runtime recreates the cgroups at restore and CRIU only joins them, so what CRIU
         // would record of them (every v1 hierarchy mounted and read while the tree is frozen,
         // ~15 ms here) is never used.

@@ -6,6 +6,8 @@
 //! A table per container makes removal one atomic `delete table`.
 
 use std::borrow::Cow;
+use std::io::{self, Write};
+use std::process::{Child, Command, Stdio};
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
@@ -13,13 +15,19 @@ use nftables::helper::{apply_ruleset, NftablesError};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement, NAT};
 use nftables::types::{NfChainType, NfFamily, NfHook};
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
 
 use super::{NetError, Wiring};
 
 /// The `nft` binary, looked up on `PATH` (as the `nftables` crate does).
 const NFT: &str = "nft";
+
+/// `nft` could not be run, or talked to.
+fn nft_io(inner: io::Error) -> NftablesError {
+    NftablesError::NftExecution {
+        program: NFT.into(),
+        inner,
+    }
+}
 
 fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
@@ -192,22 +200,14 @@ pub fn start_install_ports(wiring: &Wiring) -> Result<PendingPorts, NetError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let mut child = spawned.map_err(|inner| {
-        failed(NftablesError::NftExecution {
-            program: NFT.into(),
-            inner,
-        })
-    })?;
+    let mut child = spawned.map_err(|inner| failed(nft_io(inner)))?;
     // A rule set of a few ports fits in the pipe: this write does not wait for `nft`.
     if let Some(mut stdin) = child.stdin.take() {
         let written = stdin.write_all(&payload);
         drop(stdin);
         if let Err(inner) = written {
             let _ = child.wait();
-            return Err(failed(NftablesError::NftExecution {
-                program: NFT.into(),
-                inner,
-            }));
+            return Err(failed(nft_io(inner)));
         }
     }
     Ok(PendingPorts {
@@ -227,12 +227,9 @@ impl PendingPorts {
             source: Box::new(source),
         };
 
-        let output = child.wait_with_output().map_err(|inner| {
-            failed(NftablesError::NftExecution {
-                program: NFT.into(),
-                inner,
-            })
-        })?;
+        let output = child
+            .wait_with_output()
+            .map_err(|inner| failed(nft_io(inner)))?;
         if !output.status.success() {
             return Err(failed(NftablesError::NftFailed {
                 program: NFT.into(),

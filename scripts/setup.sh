@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Bring a Debian 12 (bookworm) machine, as root, to the state vpnhop needs:
 #   1. host packages (OpenVPN, runc, CRIU's run-time and build dependencies)
-#   2. CRIU 4.x built from Debian sid's source package into /opt/vpnhop/criu
+#   2. CRIU 4.x built from Debian sid's source package into /opt/vpnhop/criu,
+#      with vpnhop's patches (scripts/criu-patches); with --stock-criu also
+#      an unpatched, default build in /opt/vpnhop/criu-stock (the benchmark's
+#      hand-run baseline)
 #   3. the OpenVPN bundle rootfs and demo PKI (bundles/openvpn/build.sh)
 # Idempotent: each step checks its result first, so a re-run takes seconds.
 # See docs/criu.md for why CRIU is built from source.
@@ -11,6 +14,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 criu_prefix=/opt/vpnhop/criu
 criu_bin=$criu_prefix/sbin/criu
 criu_rundir=/run/vpnhop-criu
+stock_prefix=/opt/vpnhop/criu-stock
+patch_dir=$repo/scripts/criu-patches
 build_dir=/var/cache/vpnhop/criu-build
 src_list=/etc/apt/sources.list.d/vpnhop-criu-src.sources
 
@@ -20,6 +25,14 @@ apt=(apt-get -q -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3)
 
 log() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+stock=0
+for arg in "$@"; do
+    case $arg in
+    --stock-criu) stock=1 ;;
+    *) die "unknown argument: $arg (usage: setup.sh [--stock-criu])" ;;
+    esac
+done
 
 [[ $EUID -eq 0 ]] || die "must run as root"
 # shellcheck source=/dev/null
@@ -36,7 +49,7 @@ packages=(
     # the tests, the demo and the benchmark (runc is the start-up baseline)
     iputils-ping shellcheck runc
     # tools this script uses
-    curl xz-utils
+    curl xz-utils patch
     # CRIU at run time (libraries it links, plus python3 for criu-ns)
     libprotobuf-c1 libnl-3-200 libnet1 libnftables1 libbsd0 libcap2
     libuuid1 libaio1 python3
@@ -92,12 +105,13 @@ fi
 # ---------------------------------------------------------------- CRIU ----
 
 criu_version() {
-    # Prints e.g. "4.2.1", or nothing when there is no usable binary.
-    [[ -x $criu_bin ]] || return 0
-    "$criu_bin" --version 2>/dev/null | awk '/^Version:/ { print $2 }' || true
+    # criu_version BIN: prints e.g. "4.2.1", or nothing when there is no usable binary.
+    [[ -x $1 ]] || return 0
+    "$1" --version 2>/dev/null | awk '/^Version:/ { print $2 }' || true
 }
 
-build_criu() {
+fetch_criu_source() {
+    # Sets criu_tarball to the verified upstream tarball of sid's CRIU.
     # A deb-src line for sid only: apt-get source can then fetch sid's CRIU
     # source, while binaries keep coming from bookworm. A `deb` line for sid
     # would pull sid's glibc and break the system.
@@ -143,44 +157,94 @@ build_criu() {
     sha256sum -c --status <<<"$sha  $tarball" \
         || die "SHA256 mismatch for $tarball (want $sha)"
     log "verified $file (sha256 $sha)"
+    criu_tarball=$tarball
+}
+
+# What a build in PREFIX is made of: its make arguments and the content of
+# the patches applied. The recipe is kept beside the installed binary, so a
+# change to either (a new patch, say) rebuilds once.
+criu_recipe() {
+    local prefix=$1 patched=$2
+    printf 'make %s\n' "$(criu_make_args "$prefix" "$patched")"
+    if ((patched)); then
+        local p
+        for p in "$patch_dir"/*.patch; do
+            printf 'patch %s %s\n' "$(basename "$p")" "$(sha256sum <"$p" | cut -d' ' -f1)"
+        done
+    fi
+}
+
+criu_make_args() {
+    # NO_GNUTLS: no TLS page-server needed, one build dep less.
+    # RUNDIR: where CRIU caches its kernel feature probe (criu.kdat). CRIU
+    # keeps the cache only on a tmpfs, and /run is not one on every host;
+    # vpnhop makes this directory a tmpfs where needed (docs/criu.md). The
+    # stock build keeps CRIU's default (/run).
+    local prefix=$1 patched=$2
+    local args=(NO_GNUTLS=1 PYTHON=/usr/bin/python3 PREFIX="$prefix")
+    ((patched)) && args+=(RUNDIR="$criu_rundir")
+    printf '%s\n' "${args[*]}"
+}
+
+build_criu() {
+    # build_criu PREFIX PATCHED: builds and installs CRIU into PREFIX, with
+    # vpnhop's patches and RUNDIR when PATCHED is 1.
+    local prefix=$1 patched=$2
+    fetch_criu_source
+    local tarball=$criu_tarball
+    local ver=${tarball##*/criu_}
+    ver=${ver%.orig.tar.xz}
 
     local src=$build_dir/criu-$ver
     rm -rf "$src"
     tar -C "$build_dir" -xJf "$tarball"
     [[ -d $src ]] || die "unexpected tarball layout: $src missing"
 
-    # NO_GNUTLS: no TLS page-server needed, one build dep less.
-    # RUNDIR: where CRIU caches its kernel feature probe (criu.kdat). CRIU
-    # keeps the cache only on a tmpfs, and /run is not one on every host;
-    # vpnhop makes this directory a tmpfs where needed (docs/criu.md).
-    local make_args=(NO_GNUTLS=1 PYTHON=/usr/bin/python3 PREFIX="$criu_prefix"
-        RUNDIR="$criu_rundir")
-    log "building criu $ver (takes a couple of minutes; log: $build_dir/build.log)"
+    if ((patched)); then
+        local p
+        for p in "$patch_dir"/*.patch; do
+            patch -d "$src" -p1 -s --forward <"$p" || die "patch $p does not apply to criu $ver"
+            log "applied $(basename "$p")"
+        done
+    fi
+
+    local make_args
+    read -r -a make_args <<<"$(criu_make_args "$prefix" "$patched")"
+    log "building criu $ver into $prefix (takes a couple of minutes; log: $build_dir/build.log)"
     if ! make -C "$src" -j"$(nproc)" "${make_args[@]}" criu >"$build_dir/build.log" 2>&1; then
         tail -n 30 "$build_dir/build.log" >&2
         die "criu build failed, see $build_dir/build.log"
     fi
     # install-criu installs the binary (+ criu-ns, uapi headers) only: no
     # man pages (asciidoc), libcriu, crit or plugins.
+    rm -rf "$prefix"
     make -C "$src" "${make_args[@]}" install-criu >>"$build_dir/build.log" 2>&1 \
         || die "criu install failed, see $build_dir/build.log"
+    criu_recipe "$prefix" "$patched" >"$prefix/vpnhop-build"
     rm -rf "$src"
 }
 
-have=$(criu_version)
-# A binary built before the RUNDIR setting existed is rebuilt once.
-if [[ $have == 4.* ]] && ! grep -qa "$criu_rundir" "$criu_bin"; then
-    log "criu $have in $criu_prefix predates the kdat cache directory: rebuilding"
-    have=
-fi
-if [[ $have == 4.* ]]; then
-    log "criu $have already in $criu_prefix"
-else
-    build_criu
-    have=$(criu_version)
-    [[ $have == 4.* ]] || die "$criu_bin --version does not report 4.x (got '${have}')"
-    log "installed criu $have in $criu_prefix"
-fi
+ensure_criu() {
+    # ensure_criu PREFIX PATCHED: a CRIU 4.x in PREFIX built by the current recipe.
+    local prefix=$1 patched=$2 bin=$1/sbin/criu have
+    have=$(criu_version "$bin")
+    if [[ $have == 4.* && $(cat "$prefix/vpnhop-build" 2>/dev/null) != "$(criu_recipe "$prefix" "$patched")" ]]; then
+        log "criu $have in $prefix was built by another recipe: rebuilding"
+        have=
+    fi
+    if [[ $have == 4.* ]]; then
+        log "criu $have already in $prefix"
+        return
+    fi
+    build_criu "$prefix" "$patched"
+    have=$(criu_version "$bin")
+    [[ $have == 4.* ]] || die "$bin --version does not report 4.x (got '${have}')"
+    log "installed criu $have in $prefix"
+}
+
+ensure_criu "$criu_prefix" 1
+((stock)) && ensure_criu "$stock_prefix" 0
+have=$(criu_version "$criu_bin")
 
 # Always re-check: the kernel may have changed since the build.
 check_out=$("$criu_bin" check 2>&1) || true

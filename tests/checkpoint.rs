@@ -94,8 +94,7 @@ fn the_teardown_after_a_checkpoint_kills_nothing_in_the_cgroups() {
     require_privileged!();
     let mut world = World::new();
     let name = world.name("vpn");
-    let image = world.images().join(&name);
-    let image_arg = image.to_str().expect("utf-8 path");
+    let image_arg = &world.image_arg(&name);
 
     world.run_openvpn(&name);
     let old_shim = world.inspect(&name)["shim_pid"].as_i64().expect("shim");
@@ -132,12 +131,8 @@ fn restore_works_when_the_host_mounts_are_shared() {
     require_privileged!();
     let mut world = World::new();
     world.shared_mounts = true;
-    let name = world.name("vpn");
-    let image = world.images().join(&name);
-    let image_arg = image.to_str().expect("utf-8 path");
-
-    world.run_openvpn(&name);
-    world.connect_clients();
+    let (name, image_arg) = world.serve();
+    let image_arg = &image_arg;
     assert!(
         world.ping(3),
         "no reply through the tunnel before the checkpoint"
@@ -162,12 +157,8 @@ fn restore_works_when_the_host_mounts_are_shared() {
 fn flows_tracked_before_the_restore_reach_the_restored_server() {
     require_privileged!();
     let mut world = World::new();
-    let name = world.name("vpn");
-    let image = world.images().join(&name);
-    let image_arg = image.to_str().expect("utf-8 path");
-
-    world.run_openvpn(&name);
-    world.connect_clients();
+    let (name, image_arg) = world.serve();
+    let image_arg = &image_arg;
     let pingers = world.start_pingers();
     assert!(
         pingers[0].wait_reply_after(common::now(), Duration::from_secs(5)),
@@ -209,6 +200,47 @@ fn flows_tracked_before_the_restore_reach_the_restored_server() {
     assert_eq!(world.client_inits(), 1, "{}", world.client_log());
 }
 
+/// The connections a container's own firewall tracks are part of its network namespace: they
+/// come back with it. vpnhop's CRIU skips the walk of the host-wide conntrack table only for a
+/// namespace that tracks nothing (as every other test's does); this one tracks a flow that no
+/// traffic refreshes or recreates, so only the dump can have brought it back.
+#[test]
+fn connections_the_container_tracks_survive_a_restore() {
+    require_privileged!();
+    let mut world = World::new();
+    let (name, image_arg) = world.serve();
+    let image_arg = &image_arg;
+
+    let in_container = |world: &World| {
+        let pid = world.inspect(&name)["pid"].as_i64().expect("pid");
+        format!("nsenter --net=/proc/{pid}/ns/net")
+    };
+    let net = in_container(&world);
+    common::sh_ok(&format!(
+        "{net} conntrack -I -p udp -s 192.0.2.7 -d 192.0.2.8 --sport 4000 --dport 4001 \
+         --timeout 600 --mark 7"
+    ));
+    let tracked = |net: &str| {
+        let out = common::sh(&format!("{net} conntrack -L --mark 7 2>/dev/null"));
+        String::from_utf8_lossy(&out.stdout).contains("sport=4000 dport=4001")
+    };
+    assert!(
+        tracked(&net),
+        "the flow was not tracked before the checkpoint"
+    );
+
+    world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+    world.reboot_server_host();
+    world.ok(&["restore", image_arg]);
+
+    assert!(
+        tracked(&in_container(&world)),
+        "the restored container lost its tracked flow"
+    );
+    assert!(world.ping(3), "no reply through the restored tunnel");
+    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+}
+
 /// `--leave-running`: the container keeps serving during and after the dump, and its image can
 /// not be restored beside it.
 #[test]
@@ -216,8 +248,7 @@ fn leave_running_keeps_serving_and_refuses_a_twin() {
     require_privileged!();
     let mut world = World::new();
     let name = world.name("vpn");
-    let image = world.images().join(&name);
-    let image_arg = image.to_str().expect("utf-8 path");
+    let image_arg = &world.image_arg(&name);
 
     // A server host whose loopback is down, as in a fresh `ip netns add`: CRIU needs it up.
     common::sh_ok(&format!("ip -n {} link set lo down", world.srv));
@@ -272,8 +303,7 @@ fn second_restore_and_taken_names_are_refused() {
     let world = World::new();
     let name = world.name("vpn");
     let other = world.name("other");
-    let image = world.images().join(&name);
-    let image_arg = image.to_str().expect("utf-8 path");
+    let image_arg = &world.image_arg(&name);
 
     world.run_openvpn(&name);
     world.ok(&["checkpoint", "--image-dir", image_arg, &name]);

@@ -48,6 +48,10 @@ struct Args {
     /// Skip the hand-run CRIU cycles.
     #[arg(long)]
     no_baseline: bool,
+    /// The CRIU of the hand-run cycles: by default CRIU as Debian's source builds it, without
+    /// vpnhop's patches or cache directory (`scripts/setup.sh --stock-criu`).
+    #[arg(long, default_value = "/opt/vpnhop/criu-stock/sbin/criu")]
+    baseline_criu: PathBuf,
     /// Skip the start-up comparison.
     #[arg(long)]
     no_startup: bool,
@@ -202,6 +206,14 @@ fn machine() -> Machine {
 /// Runs the cycles, alternating vpnhop and the hand-run recipe, each in a world of its own.
 fn downtime(args: &Args) -> Vec<Cycle> {
     let clients = usize::from(args.clients);
+    if !args.no_baseline && !args.baseline_criu.is_file() {
+        eprintln!(
+            "bench: no CRIU at {} for the hand-run cycles: run scripts/setup.sh --stock-criu, \
+             or pass --baseline-criu or --no-baseline",
+            args.baseline_criu.display()
+        );
+        std::process::exit(1);
+    }
     let mut vpnhop = Bench::new("vpnhop", clients);
     let mut by_hand = (!args.no_baseline).then(|| Bench::new("plain-criu", clients));
 
@@ -217,7 +229,7 @@ fn downtime(args: &Args) -> Vec<Cycle> {
         cycles.push(c);
 
         if let Some(b) = by_hand.as_mut() {
-            let c = b.cycle_by_hand();
+            let c = b.cycle_by_hand(&args.baseline_criu);
             b.retire();
             println!(
                 "cycle {:>2} plain-criu gap {:>6.0} ms",
@@ -385,7 +397,7 @@ impl Bench {
     /// The original recipe: `criu dump` of the tree, reboot, the host side rebuilt with `ip`,
     /// `sysctl` and `iptables`, and `criu restore` in a private mount namespace, all with
     /// CRIU's default options where the recipe has no reason to change them.
-    fn cycle_by_hand(&mut self) -> Cycle {
+    fn cycle_by_hand(&mut self, criu: &Path) -> Cycle {
         let wiring = self.wiring.clone();
         self.world.prepare_reboot();
         let pid = match &self.by_hand {
@@ -402,7 +414,7 @@ impl Bench {
         let t0 = Instant::now();
         let dump = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.world.srv))
-            .arg(common::criu_bin())
+            .arg(criu)
             .args([
                 "dump",
                 "--tree",
@@ -466,9 +478,9 @@ impl Bench {
             .arg(format!(
                 "mount --bind {root} {root} && exec {criu} restore -v4 --log-file restore.log \
                  --images-dir {img} --root {root} --restore-detached --pidfile {pidfile} \
-                 --manage-cgroups=ignore --external veth[eth0]:{veth}@{bridge} {inherit}",
+                 --external veth[eth0]:{veth}@{bridge} {inherit}",
                 root = wiring.rootfs.display(),
-                criu = common::criu_bin().display(),
+                criu = criu.display(),
                 img = self.image.display(),
                 pidfile = pidfile.display(),
                 veth = wiring.host_veth,

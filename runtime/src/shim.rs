@@ -101,15 +101,19 @@ pub struct RestoreStats {
     /// plus its start-up.
     #[serde(default)]
     pub shim_ms: f64,
-    /// Rebuilding the host side: bridge, rules, cgroups (ms).
+    /// Rebuilding the host side CRIU needs: bridge, cgroups (ms).
     pub host_ms: f64,
-    /// The netlink part of `host_ms`: bridge, forwarding, neighbour entry (ms). The published
-    /// ports' `nft` runs beside it and beside the cgroups.
+    /// The netlink part of `host_ms`: bridge, forwarding, neighbour entry (ms). The cgroups are
+    /// set up beside it.
     #[serde(default)]
     pub wiring_ms: f64,
     /// The cgroup part of `host_ms`: creating the container's cgroups and entering them (ms).
     #[serde(default)]
     pub cgroups_ms: f64,
+    /// From the start of the host side to the published ports' rules in place (ms): `nft`
+    /// starts with the host side and finishes while CRIU restores.
+    #[serde(default)]
+    pub ports_ms: f64,
     /// Wall time of `criu restore` (ms).
     pub restore_ms: f64,
     /// CRIU's own phases of the restore, when its statistics were readable.

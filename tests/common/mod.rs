@@ -326,6 +326,22 @@ impl World {
         self.work.path().join("images")
     }
 
+    /// The image directory of container `name`, as an argument for `checkpoint` and `restore`.
+    pub fn image_arg(&self, name: &str) -> String {
+        let image = self.images().join(name);
+        image.to_str().expect("utf-8 path").to_string()
+    }
+
+    /// OpenVPN running as container "vpn…" with its clients connected; returns the container's
+    /// name and its image directory.
+    pub fn serve(&mut self) -> (String, String) {
+        let name = self.name("vpn");
+        let image_arg = self.image_arg(&name);
+        self.run_openvpn(&name);
+        self.connect_clients();
+        (name, image_arg)
+    }
+
     /// A scratch path.
     pub fn path(&self, name: &str) -> PathBuf {
         self.work.path().join(name)

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::{cgroups, io_err, ms_since, stdio_pipes, ContainerError, ShimStdio};
@@ -101,18 +103,13 @@ pub fn restore(
         (entered, wired)
     });
     let (placement, cgroups_ms) = entered?;
-    let wiring_ms = match wired.and_then(|ms| ports.wait().map(|()| ms).map_err(Into::into)) {
+    let wiring_ms = match wired {
         Ok(ms) => ms,
         Err(err) => {
             let _ = cgroups::leave(name, &placement);
             return Err(err);
         }
     };
-
-    // Runs beside CRIU and is collected after it: the walk of the conntrack table stays out of
-    // the clients' wait. (Started from inside the container's cgroups, it counts there for the
-    // moment it lives; it opens no device.)
-    let flush = network::flush_stale_flows(wiring);
     let host_ms = ms_since(started);
     tracing::debug!(container = %name, host_ms, wiring_ms, cgroups_ms, "host side ready");
 
@@ -131,18 +128,39 @@ pub fn restore(
         network_lock: meta.network_lock,
         iptables: meta.iptables,
     };
-    let result = criu.restore(&opts, |cmd| {
-        let rootfs = rootfs.clone();
-        // SAFETY: between fork and exec the child only makes system calls (unshare, mount,
-        // dup2) on data prepared before the fork; nix formats short paths on the stack.
-        unsafe {
-            cmd.pre_exec(move || prepare_child(&rootfs, raw));
-        }
-        Ok(())
+
+    // CRIU needs the bridge, not the published ports: `nft` finishes while CRIU restores (it
+    // takes a fifth of CRIU's time), instead of before CRIU starts. A client packet that comes
+    // before the rules is answered "port unreachable" and tracked without NAT, as on any host
+    // before the restore; the deletion of stale flows, started once the rules are in, covers
+    // both. The deletion walks the conntrack table and is collected after CRIU.
+    let (result, published, flush) = thread::scope(|scope| {
+        let restoring = scope.spawn(|| {
+            criu.restore(&opts, |cmd| {
+                let rootfs = rootfs.clone();
+                // SAFETY: between fork and exec the child only makes system calls (unshare,
+                // mount, dup2) on data prepared before the fork; nix formats short paths on the
+                // stack.
+                unsafe {
+                    cmd.pre_exec(move || prepare_child(&rootfs, raw));
+                }
+                Ok(())
+            })
+        });
+        let published = ports.wait().map(|()| ms_since(host_started));
+        let flush = published
+            .is_ok()
+            .then(|| network::flush_stale_flows(wiring));
+        let result = restoring
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (result, published, flush)
     });
     let left = cgroups::leave(name, &placement);
     drop(container_ends);
-    flush.wait();
+    if let Some(flush) = flush {
+        flush.wait();
+    }
     let took = result?;
     left?;
 
@@ -151,6 +169,16 @@ pub fn restore(
         .trim()
         .parse()
         .map_err(|_| ContainerError::NotRunning(name.clone()))?;
+
+    // Without its published ports the container would run unreachable: take the restored tree
+    // down again (its init's death ends the pid namespace). The images are untouched.
+    let ports_ms = match published {
+        Ok(ms) => ms,
+        Err(err) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(err.into());
+        }
+    };
 
     // The tree already runs: a failure here costs at most a second's ARP retry, not the
     // restore.
@@ -163,6 +191,7 @@ pub fn restore(
         host_ms,
         wiring_ms,
         cgroups_ms,
+        ports_ms,
         restore_ms: took.as_secs_f64() * 1e3,
         criu: criu::stats::read_restore(&work),
         total_ms: ms_since(started),

@@ -30,6 +30,23 @@ fn reboot_simulation_keeps_the_client_tunnels() {
         );
     }
 
+    // The container's addresses are its own: CRIU brings them back, and a restore adds none.
+    let addresses = |world: &World| {
+        let pid = world.inspect(&name)["pid"].as_i64().expect("pid");
+        let out = common::sh(&format!("nsenter --net=/proc/{pid}/ns/net ip -o addr show"));
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .collect();
+        lines.sort();
+        lines
+    };
+    let at_start = addresses(&world);
+    assert!(
+        at_start.iter().any(|a| a.contains("tun0 inet 10.8.0.1/24")),
+        "{at_start:?}"
+    );
+
     for cycle in 1..=3 {
         let before = world.inspect(&name);
         let (pid, shim) = (
@@ -72,6 +89,7 @@ fn reboot_simulation_keeps_the_client_tunnels() {
                 pinger.max_gap_ms(start - 1.0)
             );
         }
+        assert_eq!(addresses(&world), at_start, "cycle {cycle}");
     }
 
     for client in &world.clients {

@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-scripts/setup.sh
+scripts/setup.sh --stock-criu
 # The benchmark drives the release binaries, the shim included.
 cargo build --release --workspace --locked
 cargo bench --locked -p vpnhop --bench downtime -- "$@"

@@ -30,9 +30,7 @@ pub fn create(
     // `nft` runs while libcontainer creates the container (a child process, so the shim stays
     // single-threaded for libcontainer); the ports are in place before `run` returns.
     let ports = network::start_install_ports(wiring)?;
-    network::ensure_bridge(wiring)?;
-    network::enable_forwarding()?;
-    network::ensure_loopback_up()?;
+    network::prepare_host(wiring, false)?;
     tracing::info!(container = %name, bridge = %wiring.bridge, "host side ready");
 
     let (shim_ends, container_ends) = stdio_pipes(name)?;

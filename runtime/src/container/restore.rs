@@ -96,7 +96,9 @@ pub fn restore(
             let since = Instant::now();
             cgroups::enter(name, &spec).map(|placement| (placement, ms_since(since)))
         });
-        let wired = wire_host(wiring).map(|()| ms_since(host_started));
+        let wired = network::prepare_host(wiring, true)
+            .map(|()| ms_since(host_started))
+            .map_err(ContainerError::from);
         let entered = entering
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -200,16 +202,6 @@ pub fn restore(
     };
     tracing::info!(container = %name, pid, restore_ms = stats.restore_ms, "restored");
     Ok((pid, shim_ends, stats))
-}
-
-/// The netlink part of the host side: bridge, forwarding, loopback, the container's neighbour
-/// entry.
-fn wire_host(wiring: &network::Wiring) -> Result<(), ContainerError> {
-    network::ensure_bridge(wiring)?;
-    network::enable_forwarding()?;
-    network::ensure_loopback_up()?;
-    network::seed_neighbour(wiring)?;
-    Ok(())
 }
 
 /// In CRIU's child: a private mount namespace in which the rootfs is a mount point (CRIU's

@@ -68,34 +68,30 @@ pub struct Criu {
 impl Criu {
     /// Checks that `bin` exists and is CRIU 4.x or newer.
     pub fn locate(bin: &Path) -> Result<Criu, CriuError> {
+        Criu::start_locate(bin)?.finish()
+    }
+
+    /// [`Criu::locate`] in two halves: checks that `bin` exists and starts `criu --version`,
+    /// so that the caller can do other work while it runs; [`PendingCriu::finish`] checks the
+    /// version.
+    pub fn start_locate(bin: &Path) -> Result<PendingCriu, CriuError> {
         if !bin.is_file() {
             return Err(CriuError::Missing(bin.to_path_buf()));
         }
 
-        let output = Command::new(bin)
+        let child = Command::new(bin)
             .arg("--version")
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .map_err(|source| CriuError::Spawn {
                 path: bin.to_path_buf(),
                 source,
             })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = parse_version(&text).unwrap_or_else(|| "unknown".to_string());
-
-        let major: u32 = version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
-        if major < 4 {
-            return Err(CriuError::TooOld {
-                path: bin.to_path_buf(),
-                version,
-            });
-        }
-        Ok(Criu {
+        Ok(PendingCriu {
             bin: bin.to_path_buf(),
-            version,
+            child: Some(child),
         })
     }
 
@@ -202,6 +198,47 @@ impl Criu {
             log: log.to_path_buf(),
             tail,
         })
+    }
+}
+
+/// A `criu --version` under way, from [`Criu::start_locate`]; dropping it reaps the process.
+#[derive(Debug)]
+pub struct PendingCriu {
+    bin: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PendingCriu {
+    /// Waits for `criu --version` and checks that it reports 4.x or newer.
+    pub fn finish(mut self) -> Result<Criu, CriuError> {
+        let bin = std::mem::take(&mut self.bin);
+        let child = self.child.take().expect("a pending criu has its child");
+        let output = child
+            .wait_with_output()
+            .map_err(|source| CriuError::Spawn {
+                path: bin.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = parse_version(&text).unwrap_or_else(|| "unknown".to_string());
+
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 4 {
+            return Err(CriuError::TooOld { path: bin, version });
+        }
+        Ok(Criu { bin, version })
+    }
+}
+
+impl Drop for PendingCriu {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
     }
 }
 

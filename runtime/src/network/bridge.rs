@@ -17,8 +17,7 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
 /// Creates the bridge of `wiring` with its gateway address and brings it up; a bridge that
 /// already exists is reused (equivalent to `ip link add NAME type bridge; ip addr add GW/LEN dev
 /// NAME; ip link set NAME up`).
-pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
-    let nl = Netlink::current()?;
+pub(crate) fn ensure_bridge(nl: &Netlink, wiring: &Wiring) -> Result<(), NetError> {
     let name = &wiring.bridge;
 
     if nl.link(name)?.is_none() {
@@ -68,13 +67,12 @@ pub fn ensure_bridge(wiring: &Wiring) -> Result<(), NetError> {
 /// After a restore, the first packets for the container arrive while CRIU is still bringing it
 /// up; an ARP request sent then goes unanswered, and the kernel only asks again a second later.
 /// With the entry in place the packets go out at once.
-pub fn seed_neighbour(wiring: &Wiring) -> Result<(), NetError> {
+pub(crate) fn seed_neighbour(nl: &Netlink, wiring: &Wiring) -> Result<(), NetError> {
     let Some(mac) = wiring.inner_mac else {
         return Ok(());
     };
-    let nl = Netlink::current()?;
     let index = nl.index(&wiring.bridge)?;
-    replace_neighbour(&nl, index, wiring.address, &mac.0)
+    replace_neighbour(nl, index, wiring.address, &mac.0)
         .map_err(neighbour_err("adding neighbour entry for", wiring.address))
 }
 

@@ -22,9 +22,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use bridge::{
-    bridge_in_use, ensure_bridge, remove_bridge, seed_gateway_neighbour, seed_neighbour,
-};
+pub use bridge::{bridge_in_use, remove_bridge, seed_gateway_neighbour};
 pub use conntrack::{flush_stale_flows, Flush, CONNTRACK};
 pub use ports::{
     install_ports, remove_inet_table_in, remove_ports, start_install_ports, PendingPorts,
@@ -281,7 +279,7 @@ pub struct Wiring {
     /// nftables table holding this container's rules (family `ip`).
     pub nft_table: String,
     /// MAC address of the container's end, fixed at creation so that the host can know it
-    /// before a restored container has said a word (see [`seed_neighbour`]).
+    /// before a restored container has said a word (see [`prepare_host`]).
     #[serde(default)]
     pub inner_mac: Option<Mac>,
 }
@@ -412,7 +410,10 @@ pub fn check_conflicts<'a>(
 /// Brings up `lo` in the current network namespace if it is down: CRIU binds sockets on it to
 /// probe the kernel, and fails in a namespace where it is down (a fresh `ip netns add` one).
 pub fn ensure_loopback_up() -> Result<(), NetError> {
-    let nl = netlink::Netlink::current()?;
+    ensure_loopback_up_with(&netlink::Netlink::current()?)
+}
+
+fn ensure_loopback_up_with(nl: &netlink::Netlink) -> Result<(), NetError> {
     let Some(lo) = nl.link("lo")? else {
         return Err(NetError::LinkNotFound("lo".to_string()));
     };
@@ -433,6 +434,21 @@ pub fn ensure_loopback_up() -> Result<(), NetError> {
             object: "lo".to_string(),
             source: Box::new(source),
         })
+}
+
+/// The host side a container needs in the current network namespace, over one netlink
+/// connection: its bridge with the gateway address, IPv4 forwarding, `lo` up (for CRIU), and with
+/// `seed` the container's neighbour entry on the bridge, so that the first packets for a restored
+/// container need no ARP.
+pub fn prepare_host(wiring: &Wiring, seed: bool) -> Result<(), NetError> {
+    let nl = netlink::Netlink::current()?;
+    bridge::ensure_bridge(&nl, wiring)?;
+    enable_forwarding()?;
+    ensure_loopback_up_with(&nl)?;
+    if seed {
+        bridge::seed_neighbour(&nl, wiring)?;
+    }
+    Ok(())
 }
 
 /// Turns on IPv4 forwarding in the current network namespace, as every bridge-based runtime

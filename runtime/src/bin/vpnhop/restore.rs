@@ -110,13 +110,15 @@ pub fn restore_one(
     dir: &Path,
     name: Option<String>,
 ) -> anyhow::Result<(String, RestoreStats)> {
-    let criu = Criu::locate(&g.criu)?;
+    // `criu --version` runs while the image is verified: both are in the clients' wait.
+    let criu = Criu::start_locate(&g.criu)?;
     container::check_cgroups()?;
     let dir = dir.to_path_buf();
     let image = ImageDir::new(&dir);
     let started = Instant::now();
     let meta = image.verify()?;
     let verify_ms = ms_since(started);
+    let criu = criu.finish()?;
 
     // The same container must never run twice: not beside the process it was dumped from, and
     // not beside an earlier restore of the same image.

@@ -30,22 +30,33 @@ fn reboot_simulation_keeps_the_client_tunnels() {
         );
     }
 
-    // The container's addresses are its own: CRIU brings them back, and a restore adds none.
+    // The container's addresses, routes and rules are its own: CRIU brings them back, and a
+    // restore adds none and loses none.
     let addresses = |world: &World| {
         let pid = world.inspect(&name)["pid"].as_i64().expect("pid");
-        let out = common::sh(&format!("nsenter --net=/proc/{pid}/ns/net ip -o addr show"));
+        let net = format!("nsenter --net=/proc/{pid}/ns/net");
+        let out = common::sh(&format!(
+            "{net} ip -o addr show | awk '{{print $2, $3, $4}}'; {net} ip route show table all; \
+             {net} ip rule show; {net} ip -6 rule show"
+        ));
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect();
         lines.sort();
         lines
     };
     let at_start = addresses(&world);
-    assert!(
-        at_start.iter().any(|a| a.contains("tun0 inet 10.8.0.1/24")),
-        "{at_start:?}"
-    );
+    for expected in [
+        "tun0 inet 10.8.0.1/24",
+        "default via 198.51.100.1 dev eth0",
+        "32766: from all lookup main",
+    ] {
+        assert!(
+            at_start.iter().any(|a| a.starts_with(expected)),
+            "{expected}: {at_start:?}"
+        );
+    }
 
     for cycle in 1..=3 {
         let before = world.inspect(&name);

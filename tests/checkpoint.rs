@@ -270,6 +270,60 @@ fn connections_the_container_tracks_survive_a_restore() {
     assert_eq!(world.client_inits(), 1, "{}", world.client_log());
 }
 
+/// CRIU starts before the published ports' rules are in: if `nft` then fails, the restored tree
+/// must not be left running unreachable. The restore fails naming the table, the tree is killed,
+/// and the image restores once `nft` works again.
+#[test]
+fn a_restore_whose_ports_fail_kills_the_restored_tree_and_keeps_the_image() {
+    require_privileged!();
+    let mut world = World::new();
+    let (name, image_arg) = world.serve();
+    let image_arg = &image_arg;
+    world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+    world.reboot_server_host();
+
+    let bin = world.path("failing-nft");
+    fs::create_dir_all(&bin).expect("dir");
+    let nft = bin.join("nft");
+    fs::write(
+        &nft,
+        "#!/bin/sh\necho 'Error: injected failure' >&2\nexit 1\n",
+    )
+    .expect("nft");
+    fs::set_permissions(&nft, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let out = world.vpnhop_env(&[("PATH", &path)], &[], &["restore", image_arg]);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("injected failure"), "{err}");
+
+    let pidfile = world
+        .root()
+        .join(".failed")
+        .join(&name)
+        .join("criu/restored.pid");
+    let pid: i64 = fs::read_to_string(&pidfile)
+        .expect("CRIU restored the tree before nft failed")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        common::gone_within(pid, Duration::from_secs(5)),
+        "restored init {pid} left running without its ports"
+    );
+
+    world.ok(&["restore", image_arg]);
+    assert_eq!(world.status(&name).as_deref(), Some("running"));
+    assert!(world.ping(3), "no reply through the restored tunnel");
+    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+}
+
 /// `--leave-running`: the container keeps serving during and after the dump, and its image can
 /// not be restored beside it.
 #[test]

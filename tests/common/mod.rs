@@ -359,7 +359,13 @@ impl World {
 
     /// Like [`World::vpnhop`] with global flags before the verb.
     pub fn vpnhop_with(&self, globals: &[&str], args: &[&str]) -> Output {
+        self.vpnhop_env(&[], globals, args)
+    }
+
+    /// Like [`World::vpnhop_with`] with environment variables for vpnhop and its shim.
+    pub fn vpnhop_env(&self, env: &[(&str, &str)], globals: &[&str], args: &[&str]) -> Output {
         let mut cmd = Command::new("nsenter");
+        cmd.envs(env.iter().copied());
         cmd.arg(format!("--net=/run/netns/{}", self.srv));
         if self.shared_mounts {
             cmd.args(["unshare", "--mount", "--propagation", "shared"]);
@@ -622,24 +628,48 @@ pub fn has_cgroup(name: &str) -> bool {
         .any(|c| Path::new(&format!("/sys/fs/cgroup/{c}/vpnhop/{name}")).exists())
 }
 
-/// Removes the empty cgroups `vpnhop/*-TAG` of every hierarchy, and `vpnhop` itself where no
-/// container is left in it. Kills nothing: a cgroup with a process in it stays.
-fn remove_cgroups_of(tag: &str) {
+/// The cgroups `vpnhop/*-TAG` of every hierarchy: those of this world's containers.
+fn cgroups_of(tag: &str) -> Vec<PathBuf> {
     let suffix = format!("-{tag}");
     let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
+        return Vec::new();
     };
-    for hierarchy in hierarchies.flatten() {
-        let parent = hierarchy.path().join("vpnhop");
-        let Ok(groups) = fs::read_dir(&parent) else {
-            continue;
-        };
-        for group in groups.flatten() {
-            if group.file_name().to_string_lossy().ends_with(&suffix) {
-                let _ = fs::remove_dir(group.path());
-            }
+    hierarchies
+        .flatten()
+        .filter_map(|h| fs::read_dir(h.path().join("vpnhop")).ok())
+        .flat_map(|groups| groups.flatten().map(|g| g.path()))
+        .filter(|g| g.to_string_lossy().ends_with(&suffix))
+        .collect()
+}
+
+/// Kills, by pid, whatever still runs in this world's cgroups (a container `rm -f` could not
+/// remove, say), then removes the cgroups, and `vpnhop` itself where no container is left in it.
+fn remove_cgroups_of(tag: &str) {
+    let groups = cgroups_of(tag);
+    let mut killed = false;
+    for group in &groups {
+        let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            eprintln!(
+                "test cleanup: killing pid {pid}, left in {}",
+                group.display()
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed = true;
         }
-        let _ = fs::remove_dir(&parent);
+    }
+    if killed {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    for group in &groups {
+        let _ = fs::remove_dir(group);
+        if let Some(parent) = group.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 
@@ -657,12 +687,18 @@ impl Drop for World {
             for entry in entries.flatten().filter(|e| e.path().is_dir()) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !name.starts_with('.') {
-                    let _ = self.vpnhop(&["rm", "-f", &name]);
+                    let out = self.vpnhop(&["rm", "-f", &name]);
+                    if !out.status.success() {
+                        eprintln!(
+                            "test cleanup: rm -f {name}: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
                 }
             }
         }
         // Containers whose state went with a simulated reboot, or whose tree was restored by
-        // hand, have no entry left for `rm`: their (empty) cgroups go here.
+        // hand, have no entry left for `rm`: their cgroups go here.
         remove_cgroups_of(&self.tag);
         self.delete_retired();
         let _ = sh(&format!("ip netns del {}", self.srv));

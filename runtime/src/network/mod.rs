@@ -82,6 +82,14 @@ pub enum NetError {
     /// The subnet has no address left for another container.
     #[error("no free address left in subnet `{0}`")]
     NoFreeAddress(Ipv4Cidr),
+    /// `nft` refused the container's table; `reason` is the first line it printed.
+    #[error("nftables table `{table}`: nft failed: {reason}")]
+    NftRefused {
+        /// The table.
+        table: String,
+        /// What nft printed, first line.
+        reason: String,
+    },
     /// A subnet written by the user does not parse.
     #[error("invalid subnet `{0}`: expected IPV4/PREFIX with a prefix of 8 to 30")]
     BadSubnet(String),

@@ -201,13 +201,18 @@ pub fn start_install_ports(wiring: &Wiring) -> Result<PendingPorts, NetError> {
         .stderr(Stdio::piped())
         .spawn();
     let mut child = spawned.map_err(|inner| failed(nft_io(inner)))?;
-    // A rule set of a few ports fits in the pipe: this write does not wait for `nft`.
+    // A rule set of a few ports fits in the pipe: this write does not wait for `nft`. An `nft`
+    // that exits without reading it (it failed at once) breaks the pipe; what it says about its
+    // failure is for `wait` to report.
     if let Some(mut stdin) = child.stdin.take() {
         let written = stdin.write_all(&payload);
         drop(stdin);
-        if let Err(inner) = written {
-            let _ = child.wait();
-            return Err(failed(nft_io(inner)));
+        match written {
+            Err(inner) if inner.kind() != std::io::ErrorKind::BrokenPipe => {
+                let _ = child.wait();
+                return Err(failed(nft_io(inner)));
+            }
+            _ => {}
         }
     }
     Ok(PendingPorts {
@@ -231,12 +236,16 @@ impl PendingPorts {
             .wait_with_output()
             .map_err(|inner| failed(nft_io(inner)))?;
         if !output.status.success() {
-            return Err(failed(NftablesError::NftFailed {
-                program: NFT.into(),
-                hint: "applying the container's table".to_string(),
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            }));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = stderr
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map_or_else(|| output.status.to_string(), str::to_string);
+            return Err(NetError::NftRefused {
+                table: self.table.clone(),
+                reason,
+            });
         }
         tracing::debug!(table = %self.table, "ports published");
         Ok(())

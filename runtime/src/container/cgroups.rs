@@ -93,6 +93,10 @@ pub(crate) fn enter(name: &str, spec: &Spec) -> Result<Placement, ContainerError
     let before = placement().map_err(|e| cgroup_err(name)(Box::new(e)))?;
     let manager = manager(name)?;
 
+    // TODO: moving a whole process takes cgroup_threadgroup_rwsem for writing, which waits for
+    // an RCU grace period (up to ~16 ms here, in the clients' wait) unless the hierarchies are
+    // mounted with `favordynmods`. Moving only the thread that forks CRIU (the v1 `tasks` file)
+    // would not wait, but libcgroups moves processes (`cgroup.procs`).
     manager
         .add_task(Pid::this())
         .map_err(|e| cgroup_err(name)(Box::new(e)))?;

@@ -132,7 +132,7 @@ pub fn restore(
     };
 
     // CRIU needs the bridge, not the published ports: `nft` finishes while CRIU restores (it
-    // takes a fifth of CRIU's time), instead of before CRIU starts. A client packet that comes
+    // takes a fraction of CRIU's time), instead of before CRIU starts. A client packet that comes
     // before the rules is answered "port unreachable" and tracked without NAT, as on any host
     // before the restore; the deletion of stale flows, started once the rules are in, covers
     // both. The deletion walks the conntrack table and is collected after CRIU.

@@ -226,6 +226,9 @@ d = json.load(sys.stdin)
 print(d["shim_pid"] or 0, d["pid"] or 0)')
 log "shim pid $shim_pid, container pid $ctr_pid"
 
+# The checkpoint ends with a syncfs(2) of the image's file system; without
+# this, it would also write out what the build just left in the page cache.
+sync
 step "vpnhop checkpoint --image-dir $img --print-stats $name"
 ckpt_start=$EPOCHREALTIME
 vh checkpoint --image-dir "$img" --print-stats "$name"
@@ -308,6 +311,7 @@ vh ps
 # Only output since the restore: the log lived in the old (volatile) state root.
 log "vpnhop logs $name | tail -5"
 vh logs "$name" | tail -5
+log "ping -c 3 $tunnel_server, from the client through the tunnel"
 in_cli ping -c 3 "$tunnel_server"
 log "vpnhop stop $name"
 vh stop "$name"

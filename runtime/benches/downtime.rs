@@ -48,8 +48,8 @@ struct Args {
     /// Skip the hand-run CRIU cycles.
     #[arg(long)]
     no_baseline: bool,
-    /// The CRIU of the hand-run cycles: by default CRIU as Debian's source builds it, without
-    /// vpnhop's patches or cache directory (`scripts/setup.sh --stock-criu`).
+    /// The CRIU of the hand-run cycles: by default upstream CRIU without vpnhop's patches or
+    /// cache directory (`scripts/setup.sh --stock-criu`).
     #[arg(long, default_value = "/opt/vpnhop/criu-stock/sbin/criu")]
     baseline_criu: PathBuf,
     /// Skip the start-up comparison.

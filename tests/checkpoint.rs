@@ -33,8 +33,7 @@ fn reboot_simulation_keeps_the_client_tunnels() {
     // The container's addresses, routes and rules are its own: CRIU brings them back, and a
     // restore adds none and loses none.
     let addresses = |world: &World| {
-        let pid = world.inspect(&name)["pid"].as_i64().expect("pid");
-        let net = format!("nsenter --net=/proc/{pid}/ns/net");
+        let net = world.in_container(&name);
         let out = common::sh(&format!(
             "{net} ip -o addr show | awk '{{print $2, $3, $4}}'; {net} ip route show table all; \
              {net} ip rule show; {net} ip -6 rule show"
@@ -173,8 +172,7 @@ fn restore_works_when_the_host_mounts_are_shared() {
     assert_eq!(out.trim(), name);
 
     assert_eq!(world.status(&name).as_deref(), Some("running"));
-    assert!(world.ping(3), "no reply through the restored tunnel");
-    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+    world.assert_tunnel_kept();
 }
 
 /// A host that tracks connections before the restore (any firewall does) records the clients'
@@ -240,11 +238,7 @@ fn connections_the_container_tracks_survive_a_restore() {
     let (name, image_arg) = world.serve();
     let image_arg = &image_arg;
 
-    let in_container = |world: &World| {
-        let pid = world.inspect(&name)["pid"].as_i64().expect("pid");
-        format!("nsenter --net=/proc/{pid}/ns/net")
-    };
-    let net = in_container(&world);
+    let net = world.in_container(&name);
     common::sh_ok(&format!(
         "{net} conntrack -I -p udp -s 192.0.2.7 -d 192.0.2.8 --sport 4000 --dport 4001 \
          --timeout 600 --mark 7"
@@ -263,11 +257,10 @@ fn connections_the_container_tracks_survive_a_restore() {
     world.ok(&["restore", image_arg]);
 
     assert!(
-        tracked(&in_container(&world)),
+        tracked(&world.in_container(&name)),
         "the restored container lost its tracked flow"
     );
-    assert!(world.ping(3), "no reply through the restored tunnel");
-    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+    world.assert_tunnel_kept();
 }
 
 /// CRIU starts before the published ports' rules are in: if `nft` then fails, the restored tree
@@ -320,8 +313,7 @@ fn a_restore_whose_ports_fail_kills_the_restored_tree_and_keeps_the_image() {
 
     world.ok(&["restore", image_arg]);
     assert_eq!(world.status(&name).as_deref(), Some("running"));
-    assert!(world.ping(3), "no reply through the restored tunnel");
-    assert_eq!(world.client_inits(), 1, "{}", world.client_log());
+    world.assert_tunnel_kept();
 }
 
 /// `--leave-running`: the container keeps serving during and after the dump, and its image can
@@ -676,8 +668,7 @@ fn restore_all_follows_the_plan_once() {
     let out = world.ok(&["restore", "--all", "--image-root", root]);
     assert_eq!(out.trim(), name);
     assert_eq!(world.status(&name).as_deref(), Some("running"));
-    assert!(world.ping(3), "no reply through the restored tunnel");
-    assert_eq!(world.client_inits(), 1);
+    world.assert_tunnel_kept();
     assert!(!images.join("restore-plan.json").exists());
     assert!(images.join("restore-plan.done.json").exists());
 

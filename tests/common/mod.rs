@@ -342,6 +342,18 @@ impl World {
         (name, image_arg)
     }
 
+    /// `nsenter --net=…` into the network namespace of container `name`, as a command prefix.
+    pub fn in_container(&self, name: &str) -> String {
+        let pid = self.inspect(name)["pid"].as_i64().expect("pid");
+        format!("nsenter --net=/proc/{pid}/ns/net")
+    }
+
+    /// The restored tunnel answers, and the client never renegotiated.
+    pub fn assert_tunnel_kept(&self) {
+        assert!(self.ping(3), "no reply through the restored tunnel");
+        assert_eq!(self.client_inits(), 1, "{}", self.client_log());
+    }
+
     /// A scratch path.
     pub fn path(&self, name: &str) -> PathBuf {
         self.work.path().join(name)

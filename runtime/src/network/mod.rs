@@ -461,7 +461,7 @@ pub fn prepare_host(wiring: &Wiring, seed: bool) -> Result<(), NetError> {
 
 /// Turns on IPv4 forwarding in the current network namespace, as every bridge-based runtime
 /// must for DNAT to a container to work.
-pub fn enable_forwarding() -> Result<(), NetError> {
+fn enable_forwarding() -> Result<(), NetError> {
     let path = PathBuf::from("/proc/sys/net/ipv4/ip_forward");
     if std::fs::read_to_string(&path)
         .map(|v| v.trim() == "1")

@@ -272,7 +272,14 @@ fn a_restore_whose_ports_fail_kills_the_restored_tree_and_keeps_the_image() {
     let mut world = World::new();
     let (name, image_arg) = world.serve();
     let image_arg = &image_arg;
+    let old_shim = world.inspect(&name)["shim_pid"].as_i64().expect("shim");
     world.ok(&["checkpoint", "--image-dir", image_arg, &name]);
+    // Only the restore's `nft` may fail: the old shim's teardown runs `nft` too, and a restore
+    // that meets its entry removes that entry with `nft` first.
+    assert!(
+        common::gone_within(old_shim, Duration::from_secs(10)),
+        "old shim {old_shim} survived"
+    );
     world.reboot_server_host();
 
     let bin = world.path("failing-nft");
